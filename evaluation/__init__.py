@@ -1,0 +1,1 @@
+"""Metrics and evaluation tools (installed as `kmax_tf.evaluation`)."""

@@ -1,0 +1,1 @@
+"""Generated protobuf modules of the config schema (source: protos/*.proto)."""

@@ -1,0 +1,1 @@
+"""Training and evaluation runtime (installed as `kmax_tf.trainer`)."""
