@@ -1,0 +1,98 @@
+"""Loads deeplab2-style textproto configs into `ExperimentOptions`, with `${NAME}` substitution.
+
+Every error is a `ConfigError` whose message starts with `FILE:LINE:COL:` and names the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+from typing import Mapping
+
+from google.protobuf import text_format
+
+from kmax_tf.protos import config_pb2
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# text_format errors look like "12:5 : Message type ... has no field named ...".
+_TEXT_FORMAT_POSITION = re.compile(r"^(\d+):(\d+)\s*:\s*(.*)$", re.S)
+
+
+class ConfigError(ValueError):
+  """A config that cannot be parsed or would not run; `str()` is `FILE:LINE:COL: message`."""
+
+  def __init__(self, path, line: int, column: int, message: str):
+    self.path, self.line, self.column, self.message = str(path), line, column, message
+    super().__init__(f"{self.path}:{line}:{column}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Placeholder:
+  """A `${NAME}` occurrence left in the text (not resolved by environment or overrides)."""
+  name: str
+  line: int
+  column: int
+
+
+def substitute_placeholders(text: str, values: Mapping[str, str]) -> tuple[str, list[Placeholder]]:
+  """Replaces `${NAME}` with `values[NAME]` where known; returns the text and what is left.
+
+  Substitution is done line by line so that the line numbers of later errors stay those of the
+  file on disk.
+  """
+  unresolved = []
+  lines = text.split("\n")
+  for number, line in enumerate(lines, start=1):
+    def replace(match, number=number):
+      name = match.group(1)
+      if name in values:
+        return values[name]
+      unresolved.append(Placeholder(name, number, match.start() + 1))
+      return match.group(0)
+    lines[number - 1] = _PLACEHOLDER.sub(replace, line)
+  return "\n".join(lines), unresolved
+
+
+def parse_config_text(text: str, path="<string>") -> config_pb2.ExperimentOptions:
+  """Parses textproto `text`; errors become `ConfigError` with the position in `path`."""
+  options = config_pb2.ExperimentOptions()
+  try:
+    text_format.Parse(text, options)
+  except text_format.ParseError as error:
+    line, column = error.GetLine(), error.GetColumn()
+    message = str(error)
+    match = _TEXT_FORMAT_POSITION.match(message)
+    if match:
+      line, column, message = int(match.group(1)), int(match.group(2)), match.group(3)
+    raise ConfigError(path, line or 0, column or 0, message.strip()) from None
+  return options
+
+
+def load_config(path, overrides: Mapping[str, str] | None = None, *, use_environment: bool = True,
+                validate: bool = True) -> config_pb2.ExperimentOptions:
+  """Reads a textproto `ExperimentOptions`.
+
+  Args:
+    path: the textproto file.
+    overrides: values for `${NAME}` placeholders; they win over the environment.
+    use_environment: also take placeholder values from `os.environ`.
+    validate: run `kmax_tf.config_validation.validate` (dataset/backbone names, crop sizes,
+      class counts, thresholds, unresolved placeholders in used fields).
+
+  Raises:
+    ConfigError: on a parse or validation error, positioned in `path`.
+  """
+  path = pathlib.Path(path)
+  try:
+    text = path.read_text(encoding="utf-8")
+  except OSError as error:
+    raise ConfigError(path, 0, 0, f"cannot read config: {error.strerror}") from None
+  values = dict(os.environ) if use_environment else {}
+  values.update(overrides or {})
+  text, unresolved = substitute_placeholders(text, values)
+  options = parse_config_text(text, path)
+  if validate:
+    from kmax_tf import config_validation  # pylint: disable=import-outside-toplevel
+    config_validation.validate(options, text, path, unresolved)
+  return options
