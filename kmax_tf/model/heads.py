@@ -32,6 +32,7 @@ def l2_normalize(x, axis: int = -1, epsilon: float = 1e-12):
   return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=True), epsilon))
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class PanopticHead(keras.layers.Layer):
   """`[B, H, W, C] -> [B, H, W, output_channels]`: 5x5 separable conv (+BN+act) to
   `head_channels`, then a 1x1 conv with bias (kernel TruncatedNormal(0.01))."""
@@ -59,6 +60,7 @@ class PanopticHead(keras.layers.Layer):
     return config
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class PredictionHead(keras.layers.Layer):
   """Mask-transformer prediction head.
 

@@ -27,6 +27,7 @@ def kmeans_assignment(mask_logits):
   return ops.stop_gradient(ops.reshape(assignment, (ops.shape(mask_logits)[0], -1, num_clusters)))
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class KMeansCrossAttention(keras.layers.Layer):
   """`call(mask_logits [B,h,w,N], pixel_values [B,h,w,Dv]) -> center update [B, N, channels]`.
 

@@ -21,6 +21,7 @@ STAGE_ENDPOINTS = ("stage5", "stage4", "stage3", "stage2", "stage1")
 DEFAULT_ENDPOINT_STRIDES = {"stage1": 2, "stage2": 4, "stage3": 8, "stage4": 16, "stage5": 32}
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class KMaXPixelDecoder(keras.Model):
   """Endpoint dict -> same dict plus `decoder_stage1..{n-1}` and `decoder_output`.
 

@@ -14,6 +14,7 @@ from kmax_tf.model.layers import norm
 CONV_TYPES = ("depthwise_separable_conv", "standard_conv")
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class ASPP(keras.layers.Layer):
   """`[B, h, w, C] -> [B, h, w, channels]` atrous spatial pyramid pooling.
 
@@ -65,6 +66,7 @@ class ASPP(keras.layers.Layer):
     return config
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class SemanticDecoder(keras.layers.Layer):
   """Endpoint dict -> `[B, h_l, w_l, decoder_channels]` at the last low-level feature's size.
 

@@ -25,6 +25,7 @@ STRIDE_ENDPOINTS = ((32, "decoder_stage1"), (16, "decoder_stage2"), (8, "decoder
 AUXILIARY_OUTPUTS = "auxiliary_outputs_pred"
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class CenterSelfAttention(keras.layers.Layer):
   """Multi-head attention among centers: q `[B,N,heads,dk]`, k `[B,N,heads,dk]`, v `[B,N,heads,dv]`
   -> `[B, N, heads*dv]`.
@@ -64,6 +65,7 @@ class CenterSelfAttention(keras.layers.Layer):
     return config
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class KMaXDecoderLayer(keras.layers.Layer):
   """One kMaX layer: `call(pixels [B,h,w,Cp], centers [B,N,D]) -> (centers' [B,N,D], aux dict)`.
 
@@ -160,6 +162,7 @@ class KMaXDecoderLayer(keras.layers.Layer):
     return config
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class KMaXTransformerDecoder(keras.Model):
   """Pixel-decoder endpoint dict -> same dict plus:
 

@@ -57,6 +57,7 @@ def stage_block_settings(input_stride: int, num_blocks: int, use_axial_beyond_st
   return tuple(types), tuple(keep_probs)
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class ResNetEncoder(keras.Model):
   """`images [B, H, W, 3]` (normalised) -> dict of `stageK` (not activated) and `resK = act(stageK)`.
 

@@ -25,6 +25,7 @@ def relative_distance_index(length):
   return ops.clip(index, 0, 2 * MAX_SPAN - 2)
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class AxialAttention(keras.layers.Layer):
   """Global multi-head attention along axis 1 of `[B, L, C]` -> `[B, L, total_value_depth]`.
 
@@ -108,6 +109,7 @@ class AxialAttention(keras.layers.Layer):
     return config
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class AxialAttention2D(keras.layers.Layer):
   """Height-axis then width-axis attention: `[B, H, W, C] -> [B, H', W', filters*value_exp]`.
 

@@ -19,6 +19,7 @@ from kmax_tf.model.layers import norm
 BLOCK_TYPES = ("bottleneck", "axial")
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class ResidualBlock(keras.layers.Layer):
   """`[B, H, W, Cin] -> [B, H', W', filters_list[2]]` bottleneck residual block.
 
@@ -93,6 +94,7 @@ class ResidualBlock(keras.layers.Layer):
     return config
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class BlockGroup(keras.layers.Layer):
   """A stack of `ResidualBlock`s: `[B, H, W, Cin] -> [B, H/strides, W/strides, 4 * filters]`.
 

@@ -15,6 +15,7 @@ from kmax_tf.model.layers import activations
 from kmax_tf.model.layers import norm
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class Conv2DSame(keras.layers.Layer):
   """`[B, H, W, Cin] -> [B, H', W', filters]` conv (+ BN) (+ activation).
 
@@ -68,6 +69,7 @@ class Conv2DSame(keras.layers.Layer):
     return config
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class Conv1x1(keras.layers.Layer):
   """`[B, L, Cin] -> [B, L, filters]` 1x1 projection (+ BN) (+ activation)."""
 
@@ -108,6 +110,7 @@ class Conv1x1(keras.layers.Layer):
     return config
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class SeparableConv2DSame(keras.layers.Layer):
   """`[B, H, W, Cin] -> [B, H, W, filters]`: depthwise kxk + BN + act, pointwise 1x1 + BN + act.
 

@@ -15,6 +15,7 @@ def keep_prob_for_stage(keep_prob_last_stage: float, schedule: str, stage: int,
   raise ValueError(f"Unknown drop path schedule {schedule!r}; use 'constant' or 'linear'")
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class DropPath(keras.layers.Layer):
   """Training: `x * floor(keep + U[0,1)) / keep` with one draw per sample (mask `[B, 1, ...]`).
 

@@ -18,6 +18,7 @@ from kmax_tf.model.layers import conv
 from kmax_tf.model.layers import norm
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class ResizedFuse(keras.layers.Layer):
   """`call([f_1 [B,h_i,w_i,c_i], ...], size=(H, W)) -> [B, H, W, num_channels]` (sum).
 

@@ -7,6 +7,7 @@ from kmax_tf.model.layers import conv
 from kmax_tf.model.layers import norm
 
 
+@keras.saving.register_keras_serializable(package="kmax_tf")
 class InceptionStem(keras.layers.Layer):
   """`[B, H, W, 3] -> [B, (H-1)/2+1, (W-1)/2+1, 128w]`, not activated.
 
