@@ -92,7 +92,7 @@ def pixel_decoder_settings(max_deeplab_options, output_stride: int):
 
 
 def build_model(options, build: bool = True) -> kmax_deeplab.KMaXDeepLab:
-  """`ExperimentOptions` -> `KMaXDeepLab` (weights created on a small dummy input if `build`)."""
+  """`ExperimentOptions` -> `KMaXDeepLab`; with `build`, its weights exist on return."""
   model_options = options.model_options
   if model_options.WhichOneof("meta_architecture") != "max_deeplab":
     raise ValueError("model_options.max_deeplab is required for kMaX-DeepLab")
@@ -142,7 +142,8 @@ def build_model(options, build: bool = True) -> kmax_deeplab.KMaXDeepLab:
   model = kmax_deeplab.KMaXDeepLab(encoder, pixel_decoder_, transformer_decoder_, head,
                                    semantic_head, semantic_decoder_, name="kmax_deeplab")
   if build:
-    model(np.zeros((1, _BUILD_SIZE, _BUILD_SIZE, 3), np.float32), training=False)
+    # A symbolic call creates every weight without running the network (as deeplab2 does).
+    model(keras.Input((_BUILD_SIZE, _BUILD_SIZE, 3), batch_size=1), training=False)
   return model
 
 
