@@ -49,22 +49,10 @@ def encode_image(array: np.ndarray, image_format: str) -> bytes:
   return buffer.getvalue()
 
 
-def _bytes_feature(value):
-  import tensorflow as tf  # Imported lazily: converters' workers only need it here.
-  if isinstance(value, str):
-    value = value.encode()
-  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def _int64_feature(value: int):
-  import tensorflow as tf
-  return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-
-
-def make_example(image_data: bytes, image_format: str, filename: str,
-                 panoptic_label: np.ndarray | None = None,
-                 semantic_png: bytes | None = None, source: str = "<bytes>") -> bytes:
-  """Builds a serialized deeplab2 segmentation example.
+def make_features(image_data: bytes, image_format: str, filename: str,
+                  panoptic_label: np.ndarray | None = None,
+                  semantic_png: bytes | None = None, source: str = "<bytes>") -> dict:
+  """Checked feature values of one example (plain bytes/ints; no TensorFlow needed).
 
   Args:
     image_data: encoded JPEG/PNG. Non-RGB images (grey, palette, RGBA, CMYK) are converted to RGB
@@ -77,9 +65,8 @@ def make_example(image_data: bytes, image_format: str, filename: str,
     source: name used in error messages.
 
   Returns:
-    The serialized `tf.train.Example`.
+    {feature key: bytes or int}; `serialize` turns it into a tf.train.Example.
   """
-  import tensorflow as tf
   if image_format not in _PIL_FORMATS:
     raise ValueError(f"{source}: unsupported image format {image_format!r}")
   if image_format == "jpg":
@@ -89,12 +76,12 @@ def make_example(image_data: bytes, image_format: str, filename: str,
     image_data = encode_image(np.asarray(image.convert("RGB")), image_format)
   width, height = image.size
   features = {
-      KEY_ENCODED_IMAGE: _bytes_feature(image_data),
-      KEY_IMAGE_FILENAME: _bytes_feature(filename),
-      KEY_IMAGE_FORMAT: _bytes_feature(image_format),
-      KEY_IMAGE_HEIGHT: _int64_feature(height),
-      KEY_IMAGE_WIDTH: _int64_feature(width),
-      KEY_IMAGE_CHANNELS: _int64_feature(3),
+      KEY_ENCODED_IMAGE: image_data,
+      KEY_IMAGE_FILENAME: filename.encode(),
+      KEY_IMAGE_FORMAT: image_format.encode(),
+      KEY_IMAGE_HEIGHT: height,
+      KEY_IMAGE_WIDTH: width,
+      KEY_IMAGE_CHANNELS: 3,
   }
   if panoptic_label is not None and semantic_png is not None:
     raise ValueError(f"{source}: give either a panoptic label or a semantic PNG, not both")
@@ -102,14 +89,31 @@ def make_example(image_data: bytes, image_format: str, filename: str,
     if panoptic_label.shape != (height, width):
       raise ValueError(f"{source}: label shape {panoptic_label.shape} does not match the "
                        f"image size {(height, width)}")
-    features[KEY_ENCODED_LABEL] = _bytes_feature(
-        np.ascontiguousarray(panoptic_label, dtype="<i4").tobytes())
-    features[KEY_LABEL_FORMAT] = _bytes_feature("raw")
+    features[KEY_ENCODED_LABEL] = np.ascontiguousarray(panoptic_label, dtype="<i4").tobytes()
+    features[KEY_LABEL_FORMAT] = b"raw"
   elif semantic_png is not None:
     label_size = read_image(semantic_png, source).size
     if label_size != (width, height):
       raise ValueError(f"{source}: label size {label_size[::-1]} does not match the image "
                        f"size {(height, width)}")
-    features[KEY_ENCODED_LABEL] = _bytes_feature(semantic_png)
-    features[KEY_LABEL_FORMAT] = _bytes_feature("png")
-  return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    features[KEY_ENCODED_LABEL] = semantic_png
+    features[KEY_LABEL_FORMAT] = b"png"
+  return features
+
+
+def serialize(features: dict) -> bytes:
+  """Serialized `tf.train.Example` of `make_features` output."""
+  import tensorflow as tf  # Lazily: converter workers build features without TensorFlow.
+
+  def feature(value):
+    if isinstance(value, bytes):
+      return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+  return tf.train.Example(features=tf.train.Features(
+      feature={key: feature(value) for key, value in features.items()})).SerializeToString()
+
+
+def make_example(*args, **kwargs) -> bytes:
+  """`serialize(make_features(...))`."""
+  return serialize(make_features(*args, **kwargs))
