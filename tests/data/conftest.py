@@ -52,6 +52,24 @@ def random_image(height, width, seed=0):
   return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
+def read_labels(pattern):
+  """{image/filename: (int32 label [H, W], image bytes)} of every record matching `pattern`."""
+  import glob
+  import tensorflow as tf
+  labels = {}
+  for path in sorted(glob.glob(pattern)):
+    for record in tf.data.TFRecordDataset(path):
+      feature = tf.train.Example.FromString(record.numpy()).features.feature
+      height = feature["image/height"].int64_list.value[0]
+      width = feature["image/width"].int64_list.value[0]
+      assert feature["image/segmentation/class/format"].bytes_list.value[0] == b"raw"
+      label = np.frombuffer(feature["image/segmentation/class/encoded"].bytes_list.value[0],
+                            "<i4").reshape(height, width)
+      name = feature["image/filename"].bytes_list.value[0].decode()
+      labels[name] = (label, feature["image/encoded"].bytes_list.value[0])
+  return labels
+
+
 @pytest.fixture
 def helpers():
   class Helpers:
@@ -62,4 +80,5 @@ def helpers():
   h.write_panoptic_annotation = write_panoptic_annotation
   h.scene_segment_ids = scene_segment_ids
   h.random_image = random_image
+  h.read_labels = read_labels
   return h

@@ -4,29 +4,12 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from kmax_tf.data.convert import coco
 
 # deeplab2's coco_constants mapping: person (COCO 1) -> 1, car (COCO 3) -> 3, banner (COCO 92,
 # the first stuff category) -> 81.
 PERSON, CAR, BANNER = 1, 3, 81
-
-
-def _read_labels(pattern):
-  labels = {}
-  for path in sorted(glob.glob(pattern)):
-    for record in tf.data.TFRecordDataset(path):
-      example = tf.train.Example.FromString(record.numpy())
-      feature = example.features.feature
-      height = feature["image/height"].int64_list.value[0]
-      width = feature["image/width"].int64_list.value[0]
-      label = np.frombuffer(feature["image/segmentation/class/encoded"].bytes_list.value[0],
-                            "<i4").reshape(height, width)
-      name = feature["image/filename"].bytes_list.value[0].decode()
-      assert feature["image/segmentation/class/format"].bytes_list.value[0] == b"raw"
-      labels[name] = (label, feature["image/encoded"].bytes_list.value[0])
-  return labels
 
 
 def _make_coco(root, helpers, num_images=3):
@@ -66,7 +49,7 @@ def test_read_back_equals_annotations(tmp_path, helpers, keep_crowd):
   assert summary["crowd_segments"] == 3 and summary["segments"] == 12
   assert sorted(os.listdir(out)) == ["train-00000-of-00002.tfrecord",
                                      "train-00001-of-00002.tfrecord"]
-  labels = _read_labels(os.path.join(out, "train-*.tfrecord"))
+  labels = helpers.read_labels(os.path.join(out, "train-*.tfrecord"))
   assert sorted(labels) == ["000000000000", "000000000001", "000000000002"]
   for name, (label, image_bytes) in labels.items():
     np.testing.assert_array_equal(label, _expected(ids, keep_crowd))
