@@ -99,4 +99,4 @@ def test_random_scale_uses_the_linspace_values():
   values = {round(float(augment.random_scale_factor(tf.constant([i, 0], tf.int64), 0.3, 1.7,
                                                     0.1)), 4) for i in range(300)}
   # deeplab2 counts int((1.7 - 0.3) / 0.1 + 1) = int(14.999999999999998) = 14 values (not 15).
-  assert values == {round(v, 4) for v in np.linspace(0.3, 1.7, 14, dtype=np.float32)}
+  assert values == {round(float(v), 4) for v in np.linspace(0.3, 1.7, 14, dtype=np.float32)}
