@@ -318,14 +318,15 @@ def validate_records(files: Sequence[str], descriptor: datasets.DatasetDescripto
     expected_counts: optional number of records expected per file.
 
   Returns:
-    {"records": total readable records, "bad": [(file, index, problem)], "per_file": [counts]}.
+    {"records": readable records that passed the checks, "bad": [(file, index, problem)],
+     "per_file": [readable records per file]}.
 
   Raises:
     RecordError naming the file and record index of the first bad record (unless skipping).
   """
   decode = tf.function(lambda record, path, index: decode_record(
       record, descriptor, file_name=path, index=index))
-  bad, per_file = [], []
+  bad, per_file, undecodable = [], [], 0
   for file_number, path in enumerate(files):
     index = 0
     iterator = iter(tf.data.TFRecordDataset(path))
@@ -348,8 +349,9 @@ def validate_records(files: Sequence[str], descriptor: datasets.DatasetDescripto
           if not skip_bad_records:
             raise RecordError(f"{path}: record {index}: {problem}") from e
           bad.append((path, index, problem))
+          undecodable += 1
       index += 1
     per_file.append(index)
     if expected_counts is not None and index != expected_counts[file_number]:
       raise RecordError(f"{path}: read {index} records, expected {expected_counts[file_number]}")
-  return {"records": sum(per_file) - len(bad), "bad": bad, "per_file": per_file}
+  return {"records": sum(per_file) - undecodable, "bad": bad, "per_file": per_file}
