@@ -7,13 +7,38 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 
 def _isin(values: tf.Tensor, ids: Sequence[int]) -> tf.Tensor:
+  """bool mask of `values` (non-negative ints) that are in `ids`, by table lookup.
+
+  A lookup costs one gather per pixel; comparing against every id would build a
+  `[H, W, len(ids)]` tensor (80 thing classes on COCO at 1281x1281 is 131M elements).
+  """
   if not ids:
     return tf.zeros_like(values, tf.bool)
-  return tf.reduce_any(values[..., tf.newaxis] == tf.constant(list(ids), values.dtype), axis=-1)
+  size = max(ids) + 2  # the last entry (False) stands for every larger value
+  table = tf.constant(np.isin(np.arange(size), list(ids)))
+  return tf.gather(table, tf.minimum(values, size - 1))
+
+
+def unique_in_first_occurrence_order(values: tf.Tensor):
+  """`tf.unique_with_counts` of non-negative int32 `[N]` values, in linear time.
+
+  Returns (unique values in order of first occurrence, index of each value's unique entry `[N]`,
+  counts). `tf.unique` hashes every element; label ids are small non-negative ints (below
+  num_classes * divisor), so counting and first positions per id take a bincount and a segment
+  min instead, several times faster on 1281x1281 labels.
+  """
+  num_ids = tf.reduce_max(values) + 1
+  counts = tf.math.bincount(values, minlength=num_ids, dtype=tf.int32)
+  first = tf.math.unsorted_segment_min(tf.range(tf.size(values)), values, num_ids)
+  present = tf.cast(tf.where(counts > 0)[:, 0], tf.int32)
+  unique = tf.gather(present, tf.argsort(tf.gather(first, present)))
+  position = tf.scatter_nd(unique[:, tf.newaxis], tf.range(tf.size(unique)), [num_ids])
+  return unique, tf.gather(position, values), tf.gather(counts, unique)
 
 
 def semantic_and_crowd(panoptic: tf.Tensor, *, divisor: int, thing_ids: Sequence[int]):
@@ -52,7 +77,7 @@ def panoptic_targets(panoptic: tf.Tensor, *, ignore_label: int, divisor: int,
   # Instances are the non-void ids with a non-zero instance part; a stuff pixel carrying an
   # instance id is malformed (deeplab2 asserts the same).
   flat = tf.reshape(panoptic, [-1])
-  unique_ids, pixel_to_unique, counts = tf.unique_with_counts(flat)
+  unique_ids, pixel_to_unique, counts = unique_in_first_occurrence_order(flat)
   unique_semantic = unique_ids // divisor
   is_instance = (unique_semantic != ignore_label) & (unique_ids % divisor != 0)
   is_stuff_instance = is_instance & ~_isin(unique_semantic, thing_ids)

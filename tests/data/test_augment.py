@@ -100,3 +100,13 @@ def test_random_scale_uses_the_linspace_values():
                                                     0.1)), 4) for i in range(300)}
   # deeplab2 counts int((1.7 - 0.3) / 0.1 + 1) = int(14.999999999999998) = 14 values (not 15).
   assert values == {round(float(v), 4) for v in np.linspace(0.3, 1.7, 14, dtype=np.float32)}
+
+
+@pytest.mark.parametrize("factor", [0.3, 1.0, 1.9])
+def test_fast_sharpness_matches_official(factor):
+  from official.vision.ops import augment as tfm_augment
+  image = tf.constant(np.random.default_rng(0).integers(0, 256, (9, 11, 3), dtype=np.uint8))
+  ours = augment._sharpness(image, factor).numpy().astype(int)
+  official = tfm_augment.sharpness(image, factor).numpy().astype(int)
+  # Same kernel; the float summation order may move a value across an integer (truncation).
+  assert np.abs(ours - official).max() <= 1 and (ours == official).mean() > 0.97

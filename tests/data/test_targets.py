@@ -50,3 +50,11 @@ def test_max_thing_id_bound():
 def test_stuff_with_instance_id_is_an_error():
   with pytest.raises(tf.errors.InvalidArgumentError, match="stuff class"):
     _targets(np.array([[2 * D + 1]], np.int32))
+
+
+def test_linear_unique_matches_tf_unique():
+  values = tf.constant(np.random.default_rng(0).integers(0, 3000, 5000), tf.int32)
+  expected = tf.unique_with_counts(values)
+  got = targets.unique_in_first_occurrence_order(values)
+  for a, b in zip(got, expected):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
