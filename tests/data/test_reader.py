@@ -41,7 +41,7 @@ def _take(dataset, n):
 
 
 def test_deterministic_mode_repeats_exactly(synthetic_dir):
-  options = _options(os.path.join(synthetic_dir, "train-*"))
+  options = _options(os.path.join(synthetic_dir, "train-*"), batch_size=2)
   a = _take(reader.build_dataset(options, True, deterministic=True, seed=1), 2)
   b = _take(reader.build_dataset(options, True, deterministic=True, seed=1), 2)
   c = _take(reader.build_dataset(options, True, deterministic=True, seed=2), 1)
