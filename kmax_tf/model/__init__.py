@@ -1,0 +1,1 @@
+"""kMaX-DeepLab model: backbones, pixel decoder, transformer decoder and heads."""

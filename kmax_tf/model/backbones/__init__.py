@@ -1,0 +1,1 @@
+"""Pixel encoders (backbones) returning deeplab2-style endpoint dicts."""
