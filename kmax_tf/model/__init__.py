@@ -1,1 +1,1 @@
-"""kMaX-DeepLab model: backbones, pixel decoder, transformer decoder and heads."""
+"""kMaX-DeepLab model: backbones, pixel decoder, kMaX transformer decoder, heads, builder."""

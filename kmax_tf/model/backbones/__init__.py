@@ -1,1 +1,1 @@
-"""Pixel encoders (backbones) returning deeplab2-style endpoint dicts."""
+"""Pixel encoders returning endpoint dicts `stage1..stage5` / `res1..res5`."""
