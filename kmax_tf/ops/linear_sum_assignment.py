@@ -8,8 +8,9 @@ and the path is flipped. The result is an exact optimum (not a greedy approximat
 
 Why not scipy or deeplab2's solver: `scipy.optimize.linear_sum_assignment` needs a host
 round-trip (`tf.numpy_function`), which XLA cannot compile; deeplab2's `matchers_ops` only takes
-square matrices. Everything here is TF ops with static shapes, so it runs eagerly, inside
-`tf.function` and under `jit_compile=True`. Each Dijkstra step is vectorised over all columns and
+square matrices. Everything here is TF ops with static shapes, so it runs eagerly (the solver
+core is a graph function, traced once per shape), inside `tf.function` and under
+`jit_compile=True`. Each Dijkstra step is vectorised over all columns and
 over the batch; the loops are `tf.while_loop`s whose trip counts are bounded by the number of rows
 (`maximum_iterations`), so XLA sees fixed-size state.
 
