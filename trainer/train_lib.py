@@ -33,18 +33,6 @@ def experiment_dir(model_dir: str, options) -> str:
   return os.path.join(model_dir, options.experiment_name) if options.experiment_name else model_dir
 
 
-def _load_initial_checkpoint(model, path: str):
-  """Loads `model_options.initial_checkpoint` (a kmax-tf checkpoint file or directory)."""
-  if os.path.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
-    if latest is None:
-      raise FileNotFoundError(f"initial_checkpoint: no checkpoint in directory {path}")
-    path = latest
-  logging.info("Initializing from %s", path)
-  status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
-  status.assert_nontrivial_match()
-
-
 def run_experiment(mode: str, options, model_dir: str, master: str | None = None,
                    num_gpus: int = 0, run_options: RunOptions | None = None):
   """Runs `mode` for the experiment; returns the last train or eval logs dict.
@@ -79,7 +67,8 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
     model = builder.build_model(options)
     global_step = orbit.utils.create_global_step()
     trainer = evaluator = None
-    checkpoint_items = {"global_step": global_step, "model": model}
+    checkpoint_items = {"global_step": global_step,
+                        "model": checkpoints.ModelVariables(model)}
     if mode in ("train", "train_and_eval"):
       loss = kmax_loss.build_loss(options, training=True)
       optimizers = optimizer_lib.build_optimizers(
@@ -102,7 +91,8 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
 
     init_fn = None
     if options.model_options.initial_checkpoint:
-      init_fn = lambda: _load_initial_checkpoint(model, options.model_options.initial_checkpoint)
+      init_fn = lambda: checkpoints.restore_model_variables(
+          model, options.model_options.initial_checkpoint, require_all=False)
     manager = checkpoints.ResilientCheckpointManager(
         tf.train.Checkpoint(**checkpoint_items), directory=model_dir,
         max_to_keep=trainer_options.num_checkpoints_to_keep, step_counter=global_step,
