@@ -62,6 +62,14 @@ class KMaXTrainer(orbit.StandardTrainer):
       distributed = orbit.utils.make_distributed_dataset(strategy, train_dataset)
     super().__init__(distributed, options=orbit.StandardTrainerOptions(
         use_tf_while_loop=False, use_tf_function=True))
+    # Created now (Orbit would create it lazily) so that it can be checkpointed: a restarted
+    # run continues the input stream where the checkpoint left it.
+    with strategy.scope():
+      self._train_iter = iter(self.train_dataset)
+
+  @property
+  def train_iterator(self):
+    return self._train_iter
 
   @property
   def model(self) -> keras.Model:

@@ -70,7 +70,7 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
     checkpoint_items = {"global_step": global_step,
                         "model": checkpoints.ModelVariables(model)}
     if mode in ("train", "train_and_eval"):
-      loss = kmax_loss.build_loss(options, training=True)
+      loss = kmax_loss.build_loss(options, training=True, seed=run_options.seed)
       optimizers = optimizer_lib.build_optimizers(
           solver, model.trainable_variables, model.encoder.trainable_variables)
       checkpoint_items.update(optimizers.checkpoint_items())
@@ -85,6 +85,8 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
           strategy=strategy, model=model, loss=loss, loss_names=loss.loss_names,
           optimizers=optimizers, train_dataset=dataset_fn, global_step=global_step,
           total_steps=total_steps, jit_compile=run_options.jit_compile)
+      checkpoint_items["train_iterator"] = trainer.train_iterator
+      checkpoint_items["loss_sampler_state"] = loss.seed_generator.state
     if mode != "train":
       from kmax_tf.evaluation import evaluator as evaluator_lib  # pylint: disable=import-outside-toplevel
       evaluator = evaluator_lib.build_orbit_evaluator(options, model, strategy, model_dir)

@@ -10,6 +10,7 @@ but their own all-zero target rows give zero loss and do not count in the mean.
 """
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from kmax_tf.losses.ground_truth import MaskGroundTruth
@@ -24,6 +25,8 @@ def sample_pixels(gt: MaskGroundTruth, num_samples: int, sample_temperature: flo
                   seed=None) -> tf.Tensor:
   """Draws `num_samples` distinct non-void pixels per image, favouring small masks.
 
+  `seed` is anything `keras.random` accepts: None, an int, or a `keras.random.SeedGenerator`.
+
   Returns:
     int32 `[B, num_samples]` pixel indices into the flattened `[P]` axis.
   """
@@ -35,7 +38,7 @@ def sample_pixels(gt: MaskGroundTruth, num_samples: int, sample_temperature: flo
   logits = (sample_temperature * tf.math.log(gt.inverse_pixel_mask_area) +
             (1.0 - gt.pixel_non_void) * _EXCLUDED_LOGIT)
   # U in (0, 1): the open interval keeps -log(-log U) finite.
-  uniform = tf.random.uniform(tf.shape(logits), minval=1e-12, maxval=1.0, seed=seed)
+  uniform = keras.random.uniform(tf.shape(logits), minval=1e-12, maxval=1.0, seed=seed)
   return tf.math.top_k(logits - tf.math.log(-tf.math.log(uniform)), num_samples).indices
 
 

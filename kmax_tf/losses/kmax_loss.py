@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Sequence
 
+import keras
 import tensorflow as tf
 
 from kmax_tf import datasets
@@ -62,6 +63,9 @@ class KMaXLoss:
     num_auxiliary_outputs: decoder layers supervised besides the final output (0 for eval).
     focal_alpha: weight of matched slots in the class term (and of the dice term).
     instance_discrimination_temperature: temperature of the similarity logits.
+    seed: seed of the pixel sampling. The sampler's state is a variable (`seed_generator.state`)
+      that the trainer checkpoints, so a resumed run draws the same pixels as an uninterrupted
+      one; stateless draws also keep it reproducible under XLA.
   """
 
   def __init__(self, *, thing_class_ids: Sequence[int], stuff_class_ids: Sequence[int],
@@ -72,7 +76,8 @@ class KMaXLoss:
                instance_discrimination_sample_temperature: float,
                num_auxiliary_outputs: int, focal_alpha: float = 0.75,
                instance_discrimination_temperature: float = (
-                   instance_discrimination.DEFAULT_TEMPERATURE)):
+                   instance_discrimination.DEFAULT_TEMPERATURE),
+               seed: int | None = None):
     if instance_discrimination is not None and instance_discrimination_sample_k <= 0:
       raise ValueError(
           "instance_discrimination_loss needs model_options.max_deeplab."
@@ -97,6 +102,7 @@ class KMaXLoss:
     self.num_auxiliary_outputs = num_auxiliary_outputs
     self.focal_alpha = focal_alpha
     self.instance_discrimination_temperature = instance_discrimination_temperature
+    self.seed_generator = keras.random.SeedGenerator(seed)
 
   @property
   def loss_names(self) -> tuple[str, ...]:
@@ -195,7 +201,8 @@ class KMaXLoss:
       if self.instance_discrimination is not None:
         # Each output draws its own pixels, as deeplab2 does.
         samples = instance_discrimination.sample_pixels(gt, self.sample_k,
-                                                        self.sample_temperature)
+                                                        self.sample_temperature,
+                                                        self.seed_generator)
         losses[prefix + INSTANCE_DISCRIMINATION] = (
             self.instance_discrimination.weight *
             instance_discrimination.instance_discrimination_loss(
@@ -227,7 +234,7 @@ def _term(loss_options, field: str) -> TermOptions | None:
   return TermOptions(weight=term.weight, top_k_percent=term.top_k_percent)
 
 
-def build_loss(options, training: bool = True) -> KMaXLoss:
+def build_loss(options, training: bool = True, seed: int | None = None) -> KMaXLoss:
   """Builds the loss of an `ExperimentOptions`.
 
   Weights and hard-example fractions come from `trainer_options.loss_options`, the instance
@@ -256,4 +263,5 @@ def build_loss(options, training: bool = True) -> KMaXLoss:
       instance_discrimination_sample_k=max_deeplab.instance_discrimination_sample_k,
       instance_discrimination_sample_temperature=(
           max_deeplab.instance_discrimination_sample_temperature),
-      num_auxiliary_outputs=num_layers if training else 0)
+      num_auxiliary_outputs=num_layers if training else 0,
+      seed=seed)
