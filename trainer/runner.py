@@ -59,17 +59,27 @@ class KMaXTrainer(orbit.StandardTrainer):
     with strategy.scope():
       self._loss_metrics = {name: keras.metrics.Mean(name=f"train_{name}")
                             for name in loss_names}
-      distributed = orbit.utils.make_distributed_dataset(strategy, train_dataset)
-    super().__init__(distributed, options=orbit.StandardTrainerOptions(
+      if isinstance(strategy, tf.distribute.OneDeviceStrategy):
+        # One device needs no distributed input, and a plain iterator can be checkpointed, so a
+        # restarted run continues the input stream exactly where the checkpoint left it.
+        dataset = train_dataset() if callable(train_dataset) else train_dataset
+      else:
+        dataset = orbit.utils.make_distributed_dataset(strategy, train_dataset)
+    super().__init__(dataset, options=orbit.StandardTrainerOptions(
         use_tf_while_loop=False, use_tf_function=True))
-    # Created now (Orbit would create it lazily) so that it can be checkpointed: a restarted
-    # run continues the input stream where the checkpoint left it.
+    # Created now rather than lazily by Orbit, so that it can go into the checkpoint.
     with strategy.scope():
       self._train_iter = iter(self.train_dataset)
 
   @property
   def train_iterator(self):
-    return self._train_iter
+    """The input iterator if it can be checkpointed (single device), else None.
+
+    Distributed iterators are not trackable; multi-device runs resume with a fresh input stream.
+    """
+    if isinstance(self._train_iter, tf.__internal__.tracking.Trackable):
+      return self._train_iter
+    return None
 
   @property
   def model(self) -> keras.Model:

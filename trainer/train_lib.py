@@ -85,7 +85,8 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
           strategy=strategy, model=model, loss=loss, loss_names=loss.loss_names,
           optimizers=optimizers, train_dataset=dataset_fn, global_step=global_step,
           total_steps=total_steps, jit_compile=run_options.jit_compile)
-      checkpoint_items["train_iterator"] = trainer.train_iterator
+      if trainer.train_iterator is not None:
+        checkpoint_items["train_iterator"] = trainer.train_iterator
       checkpoint_items["loss_sampler_state"] = loss.seed_generator.state
     if mode != "train":
       from kmax_tf.evaluation import evaluator as evaluator_lib  # pylint: disable=import-outside-toplevel
