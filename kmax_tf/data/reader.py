@@ -183,7 +183,7 @@ def make_sample(decoded: dict, seed, descriptor: datasets.DatasetDescriptor,
                 autoaugment_policy_name=options.autoaugment_policy_name)
   seeds = tf.random.split(seed, 3)
   resized_image, image, label = augment.preprocess(
-      decoded["image"], decoded["label"], seeds[0], label_pad_value=void,
+      decoded["image"], decoded.get("label"), seeds[0], label_pad_value=void,
       min_scale_factor=options.min_scale_factor, max_scale_factor=options.max_scale_factor,
       scale_factor_step_size=options.scale_factor_step_size, **common)
   if paste_source is not None:
@@ -200,6 +200,9 @@ def make_sample(decoded: dict, seed, descriptor: datasets.DatasetDescriptor,
         thing_option=options.copy_paste_thing_option,
         stuff_option=options.copy_paste_stuff_option,
         void_option=options.copy_paste_void_option)
+  if label is None:  # unlabelled evaluation data (decode_groundtruth_label: false)
+    return {"image": image, "resized_image": resized_image, "image_name": decoded["image_name"],
+            "size_raw": tf.stack([decoded["height"], decoded["width"]])}
   sample = targets.panoptic_targets(
       label[..., 0], ignore_label=descriptor.ignore_label, divisor=divisor,
       thing_ids=descriptor.thing_class_ids, max_thing_id=options.max_thing_id,

@@ -149,3 +149,30 @@ def test_undecodable_image_and_truncated_file(tmp_path):
 def test_no_files_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="No files match"):
     reader.list_files(str(tmp_path / "nothing-*.tfrecord"))
+
+
+def test_png_semantic_label_becomes_panoptic_without_instances(tmp_path):
+  semantic = np.array([[0, 1, 4], [5, 6, 2]], np.uint8)
+  features = tfexample.make_features(
+      tfexample.encode_image(np.zeros((2, 3, 3), np.uint8), "png"), "png", "sem",
+      semantic_png=tfexample.encode_image(semantic, "png"))
+  decoded = reader.decode_record(tfexample.serialize(features), SYNTHETIC)
+  np.testing.assert_array_equal(decoded["label"].numpy()[..., 0], semantic.astype(int) * 256)
+
+
+def test_cli_parses_data_commands():
+  import argparse
+  from kmax_tf.commands import data as data_command
+  parser = argparse.ArgumentParser()
+  data_command.register(parser.add_subparsers(dest="command"))
+  args = parser.parse_args(["data", "convert", "coco", "--coco_root", "r", "--output_dir", "o"])
+  assert (args.source, args.num_shards, args.keep_crowd) == ("coco", 1000, False)
+  args = parser.parse_args(["data", "synthetic", "--output_dir", "d", "--num_train", "3"])
+  assert (args.num_train, args.num_eval, args.image_size, args.seed) == (3, 32, 128, 0)
+
+
+def test_unlabelled_evaluation(synthetic_dir):
+  options = _options(os.path.join(synthetic_dir, "val-*"), batch_size=1)
+  options.decode_groundtruth_label = False
+  [sample] = _take(reader.build_dataset(options, False), 1)
+  assert sorted(sample) == ["image", "image_name", "resized_image", "size_raw"]
