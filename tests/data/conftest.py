@@ -1,5 +1,4 @@
 """Tiny fixtures in the real on-disk formats, written by the tests themselves."""
-import io
 import json
 import os
 
