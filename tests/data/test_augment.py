@@ -28,7 +28,7 @@ def _interior(label, radius=2):
   return same
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(4))
 def test_label_follows_image_colours(seed):
   image, label = _block_scene(seed)
   _, out_image, out_label = augment.preprocess(
@@ -61,7 +61,7 @@ def test_evaluation_resizes_and_pads_bottom_right():
 @pytest.mark.parametrize("policy", sorted(augment.POLICIES))
 def test_autoaugment_never_touches_labels(policy):
   changed = 0
-  for seed in range(12):
+  for seed in range(6):
     image, label = _block_scene(seed)
     args = dict(crop_size=(33, 33), is_training=True, label_pad_value=PAD,
                 min_scale_factor=0.75, max_scale_factor=1.25, scale_factor_step_size=0.25)
