@@ -8,7 +8,7 @@ import dataclasses
 import os
 import pathlib
 import re
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from google.protobuf import text_format
 
@@ -70,7 +70,8 @@ def parse_config_text(text: str, path="<string>") -> config_pb2.ExperimentOption
 
 
 def load_config(path, overrides: Mapping[str, str] | None = None, *, use_environment: bool = True,
-                validate: bool = True) -> config_pb2.ExperimentOptions:
+                validate: bool = True,
+                required_fields: Sequence[str] = ()) -> config_pb2.ExperimentOptions:
   """Reads a textproto `ExperimentOptions`.
 
   Args:
@@ -78,11 +79,25 @@ def load_config(path, overrides: Mapping[str, str] | None = None, *, use_environ
     overrides: values for `${NAME}` placeholders; they win over the environment.
     use_environment: also take placeholder values from `os.environ`.
     validate: run `kmax_tf.config_validation.validate` (dataset/backbone names, crop sizes,
-      class counts, thresholds, unresolved placeholders in used fields).
+      class counts, thresholds, string choices).
+    required_fields: dotted fields the caller will use (e.g. `config_validation.TRAIN_FIELDS`);
+      a placeholder left unresolved in one of them is an error. Elsewhere placeholders are
+      allowed (deeplab2 configs ship `${TRAIN_SET}` and friends).
 
   Raises:
     ConfigError: on a parse or validation error, positioned in `path`.
   """
+  options, _ = load_config_with_placeholders(
+      path, overrides, use_environment=use_environment, validate=validate,
+      required_fields=required_fields)
+  return options
+
+
+def load_config_with_placeholders(
+    path, overrides: Mapping[str, str] | None = None, *, use_environment: bool = True,
+    validate: bool = True, required_fields: Sequence[str] = ()
+) -> tuple[config_pb2.ExperimentOptions, list[Placeholder]]:
+  """`load_config`, also returning the placeholders left unresolved."""
   path = pathlib.Path(path)
   try:
     text = path.read_text(encoding="utf-8")
@@ -94,5 +109,5 @@ def load_config(path, overrides: Mapping[str, str] | None = None, *, use_environ
   options = parse_config_text(text, path)
   if validate:
     from kmax_tf import config_validation  # pylint: disable=import-outside-toplevel
-    config_validation.validate(options, text, path, unresolved)
-  return options
+    config_validation.validate(options, text, path, unresolved, required_fields)
+  return options, unresolved

@@ -1,0 +1,1 @@
+"""kMaX-DeepLab model: backbones, pixel decoder, kMaX transformer decoder, heads, builder."""

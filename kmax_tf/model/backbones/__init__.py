@@ -1,0 +1,1 @@
+"""Pixel encoders returning endpoint dicts `stage1..stage5` / `res1..res5`."""

@@ -1,0 +1,147 @@
+"""Optimizers and learning-rate schedules from `SolverOptions`, as deeplab2 sets them up.
+
+- Schedule: linear warmup `base * step / warmup_steps` for `step < warmup_steps`, then the poly
+  (or cosine) decay evaluated at the *global* step (the decay is not shifted by the warmup).
+- `adamw`: decoupled weight decay `w <- w - lr_t * wd * w` applied before the Adam update, with
+  `lr_t` the scheduled rate. Keras 3's `AdamW` does exactly this (its `_apply_weight_decay` runs
+  before the update step), so no custom optimizer is needed.
+- Decay applies to conv/dense kernels only. deeplab2 selects them with the regex
+  `.*(kernel|weight):0$` on TF1-style names; Keras 3 variable names have no `:0` suffix (the same
+  regex would decay nothing), so the rule here matches the short name instead.
+- When `backbone_learning_rate_multiplier` is set, the backbone gets a second optimizer of the
+  same kind with the learning rate scaled by it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="kmax_tf")
+class WarmupThenDecay(keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warmup from 0 to `peak_learning_rate`, then `decay_schedule(step)`."""
+
+  def __init__(self, peak_learning_rate: float, decay_schedule, warmup_steps: int):
+    super().__init__()
+    self.peak_learning_rate = peak_learning_rate
+    self.decay_schedule = decay_schedule
+    self.warmup_steps = warmup_steps
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    if self.warmup_steps <= 0:
+      return self.decay_schedule(step)
+    warmup = self.peak_learning_rate * step / float(self.warmup_steps)
+    return tf.where(step < self.warmup_steps, warmup, self.decay_schedule(step))
+
+  def get_config(self):
+    return {
+        "peak_learning_rate": self.peak_learning_rate,
+        "decay_schedule": keras.optimizers.schedules.serialize(self.decay_schedule),
+        "warmup_steps": self.warmup_steps,
+    }
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    config["decay_schedule"] = keras.optimizers.schedules.deserialize(config["decay_schedule"])
+    return cls(**config)
+
+
+def build_learning_rate_schedule(solver_options, multiplier: float = 1.0):
+  """The schedule of `solver_options` with its base learning rate times `multiplier`."""
+  base = solver_options.base_learning_rate * multiplier
+  steps = solver_options.training_number_of_steps
+  if solver_options.learning_policy == "poly":
+    decay = keras.optimizers.schedules.PolynomialDecay(
+        base, decay_steps=steps, end_learning_rate=solver_options.poly_end_learning_rate,
+        power=solver_options.poly_learning_power)
+  elif solver_options.learning_policy == "cosine":
+    decay = keras.optimizers.schedules.CosineDecay(base, decay_steps=steps)
+  else:
+    raise ValueError(f"Unknown learning_policy {solver_options.learning_policy!r}")
+  return WarmupThenDecay(base, decay, solver_options.warmup_steps)
+
+
+def decays_weight(variable) -> bool:
+  """Whether AdamW decays `variable`: conv/dense (incl. depthwise) kernels only."""
+  return variable.name.endswith(("kernel", "weight"))
+
+
+def _make_optimizer(solver_options, schedule, variables: Sequence):
+  kind = solver_options.optimizer
+  if kind == "adamw":
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule, weight_decay=solver_options.adamw_weight_decay,
+        beta_1=0.9, beta_2=0.999, epsilon=1e-7)
+    optimizer.exclude_from_weight_decay(
+        var_list=[v for v in variables if not decays_weight(v)])
+  elif kind == "adam":
+    optimizer = keras.optimizers.Adam(learning_rate=schedule)
+  elif kind == "sgd":
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
+  else:
+    raise ValueError(f"Unknown optimizer {kind!r}")
+  if solver_options.use_gradient_clipping:
+    optimizer.global_clipnorm = solver_options.clip_gradient_norm
+  return optimizer
+
+
+@dataclasses.dataclass
+class Optimizers:
+  """The optimizers of one model and the variables each one updates.
+
+  `backbone` is None unless the solver sets `backbone_learning_rate_multiplier`.
+  """
+  main: keras.optimizers.Optimizer
+  main_variables: list
+  backbone: keras.optimizers.Optimizer | None = None
+  backbone_variables: list = dataclasses.field(default_factory=list)
+
+  @property
+  def learning_rate(self):
+    """Current learning rate of the main optimizer."""
+    return self.main.learning_rate
+
+  def apply_gradients(self, gradients_by_variable: dict):
+    """Applies `{id(variable): gradient}` with the optimizer that owns each variable."""
+    for optimizer, variables in ((self.main, self.main_variables),
+                                 (self.backbone, self.backbone_variables)):
+      if optimizer is not None and variables:
+        optimizer.apply_gradients(
+            [(gradients_by_variable[id(v)], v) for v in variables])
+
+  def checkpoint_items(self) -> dict:
+    items = {"optimizer": self.main}
+    if self.backbone is not None:
+      items["backbone_optimizer"] = self.backbone
+    return items
+
+
+def build_optimizers(solver_options, trainable_variables: Sequence,
+                     backbone_variables: Sequence = ()) -> Optimizers:
+  """Builds the main (and, if configured, backbone) optimizer over `trainable_variables`.
+
+  Args:
+    solver_options: `SolverOptions`.
+    trainable_variables: every trainable variable of the model.
+    backbone_variables: the backbone's trainable variables (a subset); they get their own
+      optimizer with `backbone_learning_rate_multiplier` when that field is set.
+  """
+  backbone_ids = {id(v) for v in backbone_variables}
+  if solver_options.HasField("backbone_learning_rate_multiplier") and backbone_ids:
+    main_variables = [v for v in trainable_variables if id(v) not in backbone_ids]
+    backbone_list = [v for v in trainable_variables if id(v) in backbone_ids]
+    backbone = _make_optimizer(
+        solver_options,
+        build_learning_rate_schedule(solver_options,
+                                     solver_options.backbone_learning_rate_multiplier),
+        backbone_list)
+  else:
+    main_variables, backbone_list, backbone = list(trainable_variables), [], None
+  main = _make_optimizer(solver_options, build_learning_rate_schedule(solver_options),
+                         main_variables)
+  return Optimizers(main, main_variables, backbone, backbone_list)
