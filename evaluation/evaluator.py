@@ -163,3 +163,37 @@ class Evaluator:
           "name": class_name, "isthing": int(d.is_thing(semantic))})
     with open(os.path.join(self.save_dir, "panoptic.json"), "w", encoding="utf-8") as f:
       json.dump({"annotations": annotations, "categories": categories}, f)
+
+
+def summary_logs(results: dict) -> dict:
+  """deeplab2's eval summary names (`evaluation/pq/PQ`, ...) from `Evaluator.evaluate` results."""
+  logs = {f"evaluation/pq/{key.upper()}": results["all"][key]
+          for key in ("pq", "sq", "rq", "tp", "fn", "fp")}
+  logs["evaluation/iou/IoU"] = results["miou"]
+  logs["evaluation/ap/AP_Mask"] = results["ap"]["AP"]
+  return logs
+
+
+def build_orbit_evaluator(options, model, strategy, model_dir: str, eval_dataset=None):
+  """An `orbit.AbstractEvaluator` for `train_lib`: runs `Evaluator` on the host (batch 1).
+
+  `eval_dataset` (an iterable of eval samples) defaults to the eval split read by
+  `kmax_tf.data.reader.build_dataset(options.eval_dataset_options, is_training=False)`.
+  Predictions go to `<model_dir>/vis` unless `override_save_dir` is set.
+  """
+  import orbit  # pylint: disable=import-outside-toplevel
+  from kmax_tf.datasets import get_dataset  # pylint: disable=import-outside-toplevel
+  del strategy  # Batch-1 evaluation runs on the host, as deeplab2 reduces PQ/AP there.
+  if eval_dataset is None:
+    from kmax_tf.data import reader  # pylint: disable=import-outside-toplevel
+    eval_dataset = reader.build_dataset(options.eval_dataset_options, is_training=False)
+  runner = Evaluator(model, get_dataset(options.eval_dataset_options.dataset),
+                     options.evaluator_options, output_dir=os.path.join(model_dir, "vis"))
+
+  class _OrbitEvaluator(orbit.AbstractEvaluator):
+
+    def evaluate(self, num_steps):
+      results = runner.evaluate(eval_dataset, num_steps=int(num_steps))
+      return summary_logs(results)
+
+  return _OrbitEvaluator()

@@ -111,3 +111,17 @@ def test_batch_size_must_be_one():
   sample["image"] = np.concatenate([sample["image"]] * 2)
   with pytest.raises(ValueError, match="batch size 1"):
     runner.evaluate([sample])
+
+
+def test_orbit_evaluator_logs_deeplab2_names(tmp_path):
+  from kmax_tf.protos import config_pb2
+  options = config_pb2.ExperimentOptions()
+  options.eval_dataset_options.dataset = "synthetic_panoptic"
+  options.evaluator_options.CopyFrom(make_options())
+  orbit_evaluator = evaluator.build_orbit_evaluator(
+      options, FakeKMaX(), tf.distribute.get_strategy(), str(tmp_path),
+      eval_dataset=[make_sample()])
+  logs = orbit_evaluator.evaluate(tf.constant(-1))
+  assert logs["evaluation/pq/PQ"] == pytest.approx(0.5)
+  assert logs["evaluation/iou/IoU"] == pytest.approx(0.5)
+  assert logs["evaluation/ap/AP_Mask"] == pytest.approx(0.5)
