@@ -183,3 +183,10 @@ def test_summarize_subsets_and_empty():
                                     category_subset=[0, 2])
   assert averages["n"] == 1 and averages["pq"] == pytest.approx(0.9)
   assert per["rq"][1] == 0.0
+
+
+def test_package_exports_the_metric():
+  from kmax_tf import evaluation
+  assert evaluation.PanopticQuality is panoptic_quality.PanopticQuality
+  with pytest.raises(AttributeError):
+    evaluation.NoSuchMetric  # pylint: disable=pointless-statement
