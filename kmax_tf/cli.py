@@ -8,6 +8,7 @@ _COMMAND_MODULES = (
     "config",
     "data",
     "train",
+    "eval",
 )
 
 
