@@ -48,6 +48,8 @@ setuptools.setup(
         "protobuf>=7.35.1",
         "absl-py",
         "pillow",
+        "tqdm",  # Converter progress bars.
+        "opencv-python-headless",  # Fast PNG decoding in `kmax-tf eval pq`.
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist", "grpcio-tools"],

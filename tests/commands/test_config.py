@@ -14,7 +14,7 @@ _REFERENCE = sorted((_REPO.parent / "shared" / "reference_configs").glob("*.text
 
 
 def test_every_shipped_and_reference_config_passes(capsys):
-  assert len(_SHIPPED) == 17  # 16 deeplab2 kMaX configs + the synthetic tiny config.
+  assert len(_SHIPPED) == 18  # 16 deeplab2 kMaX configs + the synthetic tiny and micro ones.
   assert len(_REFERENCE) == 2, "the reference configs in ../shared are missing"
   files = [str(p) for p in _SHIPPED + _REFERENCE]
   assert cli.main(["config", "check", *files]) == 0

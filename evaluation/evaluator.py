@@ -1,0 +1,199 @@
+"""Runs a kMaX model over an evaluation dataset and reports PQ/SQ/RQ, mIoU and COCO AP.
+
+Per image (batch size 1, as in deeplab2): model -> post-processing at the padded input size
+(area limits count pixels there) -> crop the bottom/right padding and resize back to the raw
+size (nearest) -> metric updates on the raw-size labels. With `save_predictions`, writes COCO
+panoptic predictions (`panoptic/<name>.png` + `panoptic.json`) and colour overlays of the first
+`num_vis_samples` images (`vis/<name>.png`).
+
+Assumes the evaluation pipeline does not rescale images (true for every kMaX config): the valid
+region of the model input is the top-left `size_raw`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from kmax_tf import geometry, postprocess
+from kmax_tf.evaluation import coco_ap, miou, panoptic_quality
+
+
+class Evaluator:
+  """Evaluates `model` (kmax-tf output contract) with the thresholds of `evaluator_options`.
+
+  Args:
+    model: callable `model(images [1, H, W, 3], training=False) -> dict` with
+      `pixel_space_mask_logits` and `transformer_class_logits`.
+    dataset: the `DatasetDescriptor`.
+    evaluator_options: an `EvaluatorOptions` message.
+    output_dir: where predictions go when `save_predictions` is set (`override_save_dir` wins).
+    crowd_convention: "official" or "deeplab2" for PQ (see `pq_core`).
+  """
+
+  def __init__(self, model, dataset, evaluator_options, output_dir: str | None = None,
+               crowd_convention: str = "official"):
+    self.model = model
+    self.dataset = dataset
+    self.options = evaluator_options
+    self.crowd_convention = crowd_convention
+    self.postprocessing = postprocess.PostProcessingOptions.from_evaluator_options(
+        evaluator_options)
+    self.save_dir = evaluator_options.override_save_dir or output_dir
+    if evaluator_options.save_predictions and not self.save_dir:
+      raise ValueError("save_predictions needs an output_dir or override_save_dir")
+    # One trace per input size: post-processing needs static sizes.
+    self._predict = (tf.function(self._forward)
+                     if evaluator_options.use_tf_function else self._forward)
+
+  def _forward(self, images):
+    outputs = self.model(images, training=False)
+    height, width = images.shape[1], images.shape[2]
+    processor = postprocess.PostProcessor(
+        self.postprocessing, self.dataset.thing_class_ids, self.dataset.stuff_class_ids,
+        self.dataset.ignore_label, self.dataset.panoptic_label_divisor,
+        (geometry.padded_length(height, 32), geometry.padded_length(width, 32)))
+    return processor(outputs["pixel_space_mask_logits"], outputs["transformer_class_logits"])
+
+  def _metrics(self):
+    d = self.dataset
+    return (
+        panoptic_quality.PanopticQuality(
+            d.num_classes, d.ignore_label, d.panoptic_label_divisor,
+            thing_class_ids=d.thing_class_ids, crowd_convention=self.crowd_convention),
+        miou.MeanIoU(d.num_classes, d.ignore_label),
+        coco_ap.PanopticInstanceAP(d.num_classes, d.thing_class_ids, d.panoptic_label_divisor,
+                                   d.ignore_label))
+
+  def evaluate(self, eval_dataset, num_steps: int | None = None) -> dict:
+    """Runs over `eval_dataset` (batch-1 dicts: image, size_raw, panoptic_raw, semantic_raw,
+    is_crowd_raw, image_name); `num_steps` defaults to `eval_steps` (-1: all)."""
+    if num_steps is None:
+      num_steps = self.options.eval_steps
+    pq, iou, ap = self._metrics()
+    saved = []
+    start = time.perf_counter()
+    step = 0
+    for sample in eval_dataset:
+      if 0 <= num_steps <= step:
+        break
+      images = tf.convert_to_tensor(sample["image"], tf.float32)
+      if images.shape.rank != 4 or images.shape[0] != 1:
+        raise ValueError(f"Evaluation needs batch size 1; image has shape {images.shape}")
+      raw_size = [int(v) for v in np.asarray(sample["size_raw"]).reshape(-1)[:2]]
+      valid = [min(raw_size[0], images.shape[1]), min(raw_size[1], images.shape[2])]
+      predictions = postprocess.undo_padding(self._predict(images), valid, raw_size)
+      panoptic = predictions["panoptic_pred"][0].numpy()
+      gt_panoptic = np.asarray(sample["panoptic_raw"])[0]
+      is_crowd = np.asarray(sample["is_crowd_raw"])[0]
+      pq.update_state(gt_panoptic, panoptic, is_crowd=is_crowd)
+      iou.update_state(np.asarray(sample["semantic_raw"])[0],
+                       predictions["semantic_pred"][0].numpy())
+      ap.update_state(gt_panoptic, panoptic, predictions["semantic_scores"][0].numpy(),
+                      predictions["instance_scores"][0].numpy(), is_crowd=is_crowd)
+      if self.options.save_predictions:
+        name = np.asarray(sample["image_name"]).reshape(-1)[0]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        saved.append(self._save(name, panoptic, np.asarray(sample["image"])[0],
+                                with_overlay=step < self.options.num_vis_samples))
+      step += 1
+      print(f"\r[eval] {step} images, {time.perf_counter() - start:.1f}s", end="",
+            file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+
+    results = pq.detailed_results()
+    ap_stats = ap.result()
+    results.update(
+        miou=float(iou.result()), ap=dict(zip(coco_ap.STAT_NAMES, map(float, ap_stats))),
+        num_images=step)
+    if saved:
+      self._write_json(saved)
+    return results
+
+  def _save(self, name: str, panoptic: np.ndarray, image: np.ndarray, with_overlay: bool):
+    """Writes one COCO panoptic PNG (segment id = panoptic id + 1) and returns its annotation."""
+    d = self.dataset
+    folder = os.path.join(self.save_dir, "panoptic")
+    os.makedirs(folder, exist_ok=True)
+    void = panoptic // d.panoptic_label_divisor == d.ignore_label
+    # +1 keeps id 0 free for VOID even where class 0 is real (Cityscapes road, instance 0).
+    segment_map = np.where(void, 0, panoptic + 1).astype(np.int64)
+    ids, areas = np.unique(segment_map[segment_map > 0], return_counts=True)
+    segments = []
+    for segment_id, area in zip(ids, areas):
+      semantic = int((segment_id - 1) // d.panoptic_label_divisor)
+      rows, cols = np.nonzero(segment_map == segment_id)
+      category = d.eval_category_ids[semantic] if d.eval_category_ids else semantic
+      segments.append({"id": int(segment_id), "category_id": int(category), "iscrowd": 0,
+                       "area": int(area),
+                       "bbox": [int(cols.min()), int(rows.min()), int(np.ptp(cols)) + 1,
+                                int(np.ptp(rows)) + 1]})
+    rgb = np.stack([segment_map % 256, segment_map // 256 % 256, segment_map // 65536], -1)
+    file_name = f"{name}.png"
+    Image.fromarray(rgb.astype(np.uint8)).save(os.path.join(folder, file_name))
+    if with_overlay:
+      self._save_overlay(name, panoptic, image[:panoptic.shape[0], :panoptic.shape[1]], void)
+    return {"image_id": name, "file_name": file_name, "segments_info": segments}
+
+  def _save_overlay(self, name, panoptic, image, void):
+    d = self.dataset
+    semantic = np.clip(panoptic // d.panoptic_label_divisor, 0, len(d.colormap) - 1)
+    colours = d.colormap[semantic].astype(np.float32)
+    # Shift thing instances' colours apart so neighbouring instances stay distinguishable.
+    instance = panoptic % d.panoptic_label_divisor
+    colours += ((instance[..., None] * np.array([37, 17, 53])) % 64 - 32) * (instance[..., None] > 0)
+    overlay = np.where(void[..., None], image, 0.5 * image + 0.5 * np.clip(colours, 0, 255))
+    os.makedirs(os.path.join(self.save_dir, "vis"), exist_ok=True)
+    Image.fromarray(overlay.astype(np.uint8)).save(os.path.join(self.save_dir, "vis",
+                                                                f"{name}.png"))
+
+  def _write_json(self, annotations):
+    d = self.dataset
+    categories = []
+    for semantic, class_name in enumerate(d.class_names):
+      if semantic == d.ignore_label:
+        continue
+      categories.append({
+          "id": int(d.eval_category_ids[semantic] if d.eval_category_ids else semantic),
+          "name": class_name, "isthing": int(d.is_thing(semantic))})
+    with open(os.path.join(self.save_dir, "panoptic.json"), "w", encoding="utf-8") as f:
+      json.dump({"annotations": annotations, "categories": categories}, f)
+
+
+def summary_logs(results: dict) -> dict:
+  """deeplab2's eval summary names (`evaluation/pq/PQ`, ...) from `Evaluator.evaluate` results."""
+  logs = {f"evaluation/pq/{key.upper()}": results["all"][key]
+          for key in ("pq", "sq", "rq", "tp", "fn", "fp")}
+  logs["evaluation/iou/IoU"] = results["miou"]
+  logs["evaluation/ap/AP_Mask"] = results["ap"]["AP"]
+  return logs
+
+
+def build_orbit_evaluator(options, model, strategy, model_dir: str, eval_dataset=None):
+  """An `orbit.AbstractEvaluator` for `train_lib`: runs `Evaluator` on the host (batch 1).
+
+  `eval_dataset` (an iterable of eval samples) defaults to the eval split read by
+  `kmax_tf.data.reader.build_dataset(options.eval_dataset_options, is_training=False)`.
+  Predictions go to `<model_dir>/vis` unless `override_save_dir` is set.
+  """
+  import orbit  # pylint: disable=import-outside-toplevel
+  from kmax_tf.datasets import get_dataset  # pylint: disable=import-outside-toplevel
+  del strategy  # Batch-1 evaluation runs on the host, as deeplab2 reduces PQ/AP there.
+  if eval_dataset is None:
+    from kmax_tf.data import reader  # pylint: disable=import-outside-toplevel
+    eval_dataset = reader.build_dataset(options.eval_dataset_options, is_training=False)
+  runner = Evaluator(model, get_dataset(options.eval_dataset_options.dataset),
+                     options.evaluator_options, output_dir=os.path.join(model_dir, "vis"))
+
+  class _OrbitEvaluator(orbit.AbstractEvaluator):
+
+    def evaluate(self, num_steps):
+      results = runner.evaluate(eval_dataset, num_steps=int(num_steps))
+      return summary_logs(results)
+
+  return _OrbitEvaluator()

@@ -1,0 +1,55 @@
+"""ADE20K panoptic -> deeplab2 TFRecords (deeplab2's build_ade20k_data.py layout).
+
+Reads `{root}/images/{training,validation}/*.jpg`, `{root}/ade20k_panoptic_{train,val}.json` and
+PNGs in `{root}/ade20k_panoptic_{train,val}/` (the output of Mask2Former's
+`prepare_ade20k_pan_seg.py`). Category ids there are 0..149 with 255 for void; deeplab2's
+semantic ids are `category + 1` (void 0). Labels use divisor 1000.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+from kmax_tf import datasets
+from kmax_tf.data.convert import panoptic
+
+_IMAGE_DIRS = {"train": "training", "val": "validation"}
+
+
+def category_map() -> dict[int, int]:
+  mapping = {c: c + 1 for c in range(150)}
+  mapping[255] = 0
+  return mapping
+
+
+def split_jobs(root: str, split: str, treat_crowd_as_ignore: bool = True):
+  if split not in _IMAGE_DIRS:
+    raise ValueError(f"unknown ADE20K split {split!r}; use one of {sorted(_IMAGE_DIRS)}")
+  descriptor = datasets.get_dataset("ade20k_panoptic")
+  image_dir = os.path.join(root, "images", _IMAGE_DIRS[split])
+  images = sorted(glob.glob(os.path.join(image_dir, "*.jpg")))
+  if not images:
+    raise ValueError(f"no images in {image_dir}")
+  return panoptic.coco_format_jobs(
+      images, os.path.join(root, f"ade20k_panoptic_{split}.json"),
+      os.path.join(root, f"ade20k_panoptic_{split}"), category_map=category_map(),
+      thing_ids=descriptor.thing_class_ids, ignore_label=descriptor.ignore_label,
+      divisor=descriptor.panoptic_label_divisor, treat_crowd_as_ignore=treat_crowd_as_ignore)
+
+
+def convert(root: str, output_dir: str, splits=("train", "val"), *, num_shards: int = 1000,
+            workers: int = 2, treat_crowd_as_ignore: bool = True,
+            full_check: bool = False) -> list[dict]:
+  descriptor = datasets.get_dataset("ade20k_panoptic")
+  return [panoptic.write_split(split_jobs(root, split, treat_crowd_as_ignore),
+                               panoptic.make_record, output_dir=output_dir, split=split,
+                               num_shards=num_shards, workers=workers, descriptor=descriptor,
+                               full_check=full_check)
+          for split in splits]
+
+
+def run(args) -> dict:
+  return {"dataset": "ade20k_panoptic", "output_dir": args.output_dir, "splits": convert(
+      args.ade20k_root, args.output_dir, args.splits, num_shards=args.num_shards,
+      workers=args.workers, treat_crowd_as_ignore=not args.keep_crowd,
+      full_check=args.full_check)}

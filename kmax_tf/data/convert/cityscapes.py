@@ -1,0 +1,57 @@
+"""Cityscapes panoptic -> deeplab2 TFRecords (deeplab2's build_cityscapes_data.py layout).
+
+Reads `{root}/leftImg8bit/{split}/{city}/*_leftImg8bit.png` and the panoptic annotations that
+cityscapesScripts' `createPanopticImgs --use-train-id` writes:
+`{root}/gtFine/cityscapes_panoptic_{split}_trainId.json` and PNGs in
+`{root}/gtFine/cityscapes_panoptic_{split}_trainId/`. Category ids there are already train ids
+0..18 (void 255); annotations are matched on `image_id` == the image name without
+`_leftImg8bit.png`, which is also the stored image/filename. Labels use divisor 1000.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+from kmax_tf import datasets
+from kmax_tf.data.convert import panoptic
+
+_IMAGE_SUFFIX = "_leftImg8bit.png"
+
+
+def _image_key(path: str) -> str:
+  return os.path.basename(path)[:-len(_IMAGE_SUFFIX)]
+
+
+def split_jobs(root: str, split: str, treat_crowd_as_ignore: bool = True):
+  descriptor = datasets.get_dataset("cityscapes_panoptic")
+  images = sorted(glob.glob(os.path.join(root, "leftImg8bit", split, "*", "*" + _IMAGE_SUFFIX)))
+  if not images:
+    raise ValueError(f"no *{_IMAGE_SUFFIX} images in {os.path.join(root, 'leftImg8bit', split)}")
+  labelled = split != "test"
+  gt = os.path.join(root, "gtFine")
+  return panoptic.coco_format_jobs(
+      images,
+      os.path.join(gt, f"cityscapes_panoptic_{split}_trainId.json") if labelled else None,
+      os.path.join(gt, f"cityscapes_panoptic_{split}_trainId") if labelled else None,
+      category_map={i: i for i in range(descriptor.num_classes)},
+      thing_ids=descriptor.thing_class_ids, ignore_label=descriptor.ignore_label,
+      divisor=descriptor.panoptic_label_divisor, treat_crowd_as_ignore=treat_crowd_as_ignore,
+      image_format="png", image_key=_image_key, annotation_key=lambda a: a["image_id"])
+
+
+def convert(root: str, output_dir: str, splits=("train", "val"), *, num_shards: int = 10,
+            workers: int = 2, treat_crowd_as_ignore: bool = True,
+            full_check: bool = False) -> list[dict]:
+  descriptor = datasets.get_dataset("cityscapes_panoptic")
+  return [panoptic.write_split(split_jobs(root, split, treat_crowd_as_ignore),
+                               panoptic.make_record, output_dir=output_dir, split=split,
+                               num_shards=num_shards, workers=workers, descriptor=descriptor,
+                               full_check=full_check)
+          for split in splits]
+
+
+def run(args) -> dict:
+  return {"dataset": "cityscapes_panoptic", "output_dir": args.output_dir, "splits": convert(
+      args.cityscapes_root, args.output_dir, args.splits, num_shards=args.num_shards,
+      workers=args.workers, treat_crowd_as_ignore=not args.keep_crowd,
+      full_check=args.full_check)}

@@ -1,0 +1,60 @@
+"""COCO panoptic -> deeplab2 TFRecords (deeplab2's build_coco_data.py layout and label rules).
+
+Reads `{coco_root}/{train,val,test}2017/*.jpg`, `{coco_root}/annotations/panoptic_{split}2017.json`
+and `{coco_root}/annotations/panoptic_{split}2017/*.png`. COCO category ids (1..200 with gaps) map
+to the contiguous semantic ids 1..133 of `coco_panoptic` (the inverse of the descriptor's
+`eval_category_ids`); the test split has no labels.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+from kmax_tf import datasets
+from kmax_tf.data.convert import panoptic
+
+_IMAGE_DIRS = {"train": "train2017", "val": "val2017", "test": "test2017"}
+
+
+def category_map() -> dict[int, int]:
+  """COCO category id -> semantic id."""
+  descriptor = datasets.get_dataset("coco_panoptic")
+  return {coco_id: semantic for semantic, coco_id in enumerate(descriptor.eval_category_ids)
+          if semantic != descriptor.ignore_label}
+
+
+def split_jobs(coco_root: str, split: str, treat_crowd_as_ignore: bool = True):
+  if split not in _IMAGE_DIRS:
+    raise ValueError(f"unknown COCO split {split!r}; use one of {sorted(_IMAGE_DIRS)}")
+  descriptor = datasets.get_dataset("coco_panoptic")
+  images = sorted(glob.glob(os.path.join(coco_root, _IMAGE_DIRS[split], "*.jpg")))
+  if not images:
+    raise ValueError(f"no images in {os.path.join(coco_root, _IMAGE_DIRS[split])}")
+  labelled = split != "test"
+  annotations = os.path.join(coco_root, "annotations")
+  return panoptic.coco_format_jobs(
+      images,
+      os.path.join(annotations, f"panoptic_{split}2017.json") if labelled else None,
+      os.path.join(annotations, f"panoptic_{split}2017") if labelled else None,
+      category_map=category_map(), thing_ids=descriptor.thing_class_ids,
+      ignore_label=descriptor.ignore_label, divisor=descriptor.panoptic_label_divisor,
+      treat_crowd_as_ignore=treat_crowd_as_ignore)
+
+
+def convert(coco_root: str, output_dir: str, splits=("train", "val"), *, num_shards: int = 1000,
+            workers: int = 2, treat_crowd_as_ignore: bool = True,
+            full_check: bool = False) -> list[dict]:
+  """Converts the splits; returns one summary per split."""
+  descriptor = datasets.get_dataset("coco_panoptic")
+  return [panoptic.write_split(split_jobs(coco_root, split, treat_crowd_as_ignore),
+                               panoptic.make_record, output_dir=output_dir, split=split,
+                               num_shards=num_shards, workers=workers, descriptor=descriptor,
+                               full_check=full_check)
+          for split in splits]
+
+
+def run(args) -> dict:
+  return {"dataset": "coco_panoptic", "output_dir": args.output_dir, "splits": convert(
+      args.coco_root, args.output_dir, args.splits, num_shards=args.num_shards,
+      workers=args.workers, treat_crowd_as_ignore=not args.keep_crowd,
+      full_check=args.full_check)}

@@ -1,0 +1,67 @@
+"""Pixel-wise contrastive instance discrimination of CMT-DeepLab (SPEC §3.6).
+
+k pixels are drawn per image without replacement, with probability proportional to
+`(1 / area of their mask) ** sample_temperature` (void pixels never), by the Gumbel-top-k trick.
+Among the sampled pixels each one should be most similar to the pixels of its own mask: the
+target of row a is uniform over the sampled pixels sharing a's mask, the logits are the cosine
+similarities of the embeddings divided by `temperature` (0.3). Crowd pixels are non-void but in
+no mask: they are sampled first (area 0 counts as 1) and act as negatives for every other row,
+but their own all-zero target rows give zero loss and do not count in the mean.
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from kmax_tf.losses.ground_truth import MaskGroundTruth
+from kmax_tf.losses.reductions import mean_over_nonzero
+
+_EXCLUDED_LOGIT = -99999.0
+# Temperature of the similarity logits: deeplab2's constructor default, not in the config.
+DEFAULT_TEMPERATURE = 0.3
+
+
+def sample_pixels(gt: MaskGroundTruth, num_samples: int, sample_temperature: float,
+                  seed=None) -> tf.Tensor:
+  """Draws `num_samples` distinct non-void pixels per image, favouring small masks.
+
+  `seed` is anything `keras.random` accepts: None, an int, or a `keras.random.SeedGenerator`.
+
+  Returns:
+    int32 `[B, num_samples]` pixel indices into the flattened `[P]` axis.
+  """
+  num_pixels = gt.pixel_non_void.shape[1]
+  if num_pixels is not None and num_samples > num_pixels:
+    raise ValueError(
+        f"instance_discrimination_sample_k={num_samples} exceeds the {num_pixels} pixels of the "
+        "prediction; use a larger crop or a smaller sample_k")
+  logits = (sample_temperature * tf.math.log(gt.inverse_pixel_mask_area) +
+            (1.0 - gt.pixel_non_void) * _EXCLUDED_LOGIT)
+  # U in (0, 1): the open interval keeps -log(-log U) finite.
+  uniform = keras.random.uniform(tf.shape(logits), minval=1e-12, maxval=1.0, seed=seed)
+  return tf.math.top_k(logits - tf.math.log(-tf.math.log(uniform)), num_samples).indices
+
+
+def instance_discrimination_loss(pixel_features: tf.Tensor, gt: MaskGroundTruth,
+                                 sample_indices: tf.Tensor,
+                                 temperature: float = DEFAULT_TEMPERATURE,
+                                 top_k_percent: float = 1.0) -> tf.Tensor:
+  """Contrastive loss among the sampled pixels.
+
+  Args:
+    pixel_features: float32 `[B, P, D]` (L2-normalised) pixel embeddings of one decoder output.
+    gt: ground truth at the prediction resolution.
+    sample_indices: int32 `[B, k]` from `sample_pixels`.
+    temperature: divides the similarity logits.
+    top_k_percent: fraction of the hardest rows kept.
+
+  Returns:
+    `[B]` float32.
+  """
+  sampled_masks = tf.gather(gt.pixel_mask_one_hot, sample_indices, batch_dims=1)
+  same_mask = tf.einsum("bak,bck->bac", sampled_masks, sampled_masks)
+  targets = same_mask / tf.maximum(tf.reduce_sum(same_mask, axis=-1, keepdims=True), 1.0)
+  sampled_features = tf.gather(pixel_features, sample_indices, batch_dims=1)
+  logits = tf.einsum("bad,bcd->bac", sampled_features, sampled_features) / temperature
+  cross_entropy = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+  return mean_over_nonzero(cross_entropy, top_k_percent)

@@ -1,0 +1,114 @@
+"""Hungarian matching of ground-truth masks to mask slots with kMaX's PQ-style cost (SPEC §3.3).
+
+The similarity of ground-truth mask k and slot i is `dice(k, i) * p_i(class_k)`: the soft dice
+between the mask and the slot's softmax-over-slots probability map (restricted to non-void
+pixels), times the probability the slot gives to the mask's class. The matching maximises the
+summed similarity over valid masks. It is computed once, on the final decoder output; the
+auxiliary outputs reuse the same assignment and the same stop-gradient weights.
+
+deeplab2 pads the `[K, N]` cost to a square with -999, after writing +999 (when N < K) or -999
+(when N >= K) into the rows of invalid masks, and permutes the logits with the square
+permutation matrix. Solving the rectangular problem directly gives the same optimum: the padding
+adds the same constant to every complete assignment. Only the pairs (valid mask, real slot)
+matter to the losses, so they are what `MatchResult` keeps.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from kmax_tf.losses.ground_truth import MaskGroundTruth
+from kmax_tf.ops import batched_linear_sum_assignment
+
+# Costs written into the rows of invalid masks: they must dominate any similarity (<= 1).
+_INVALID_ROW_COST_FEW_SLOTS = 999.0
+_INVALID_ROW_COST_MANY_SLOTS = -999.0
+# Logit a slot-less mask receives in deeplab2's padded permutation (exp underflows to 0).
+MISSING_SLOT_LOGIT = -99999.0
+_DICE_EPSILON = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchResult:
+  """Outcome of matching K ground-truth masks with N slots (all without gradient).
+
+  Attributes:
+    assignment: float32 `[B, K, N]`, 1 where valid mask k is matched to slot i.
+    pixel_slot: int32 `[B, P]`, slot matched to the mask containing each pixel; -1 if the pixel
+      is in no mask or its mask got no slot (more valid masks than slots).
+    slot_for_mask: int32 `[B, K]`, slot of each valid mask, -1 if unmatched or invalid.
+    matched_mask_dice: float32 `[B, N]`, dice of each slot with its matched mask (0 if none).
+    matched_class_prob: float32 `[B, K]`, probability the matched slot gives to the mask's class
+      (0 if none).
+  """
+  assignment: tf.Tensor
+  pixel_slot: tf.Tensor
+  slot_for_mask: tf.Tensor
+  matched_mask_dice: tf.Tensor
+  matched_class_prob: tf.Tensor
+
+
+def soft_dice_similarity(pixel_mask_one_hot: tf.Tensor, slot_probs: tf.Tensor) -> tf.Tensor:
+  """`[B, P, K]` binary masks and `[B, P, N]` soft masks -> `[B, K, N]` dice (epsilon 1e-5)."""
+  intersection = tf.einsum("bpk,bpn->bkn", pixel_mask_one_hot, slot_probs)
+  half_sizes = (tf.reduce_sum(pixel_mask_one_hot, axis=1)[:, :, None] +
+                tf.reduce_sum(slot_probs, axis=1)[:, None, :]) / 2
+  return intersection / (half_sizes + _DICE_EPSILON)
+
+
+def match(gt: MaskGroundTruth, mask_logits: tf.Tensor, class_logits: tf.Tensor) -> MatchResult:
+  """Matches ground-truth masks to slots.
+
+  Args:
+    gt: ground truth at the prediction resolution (P pixels, K masks, T thing+stuff classes).
+    mask_logits: float32 `[B, P, N]` pixel-to-slot logits of the final output.
+    class_logits: float32 `[B, N, T + 1]` slot class logits (void last) of the final output.
+  """
+  num_masks = gt.mask_valid.shape[1]
+  num_slots = mask_logits.shape[-1]
+  mask_logits = tf.stop_gradient(mask_logits)
+  class_logits = tf.stop_gradient(class_logits)
+
+  slot_probs = tf.nn.softmax(mask_logits, axis=-1) * gt.pixel_non_void[:, :, None]
+  dice = soft_dice_similarity(gt.pixel_mask_one_hot, slot_probs)
+  class_probs = tf.nn.softmax(class_logits, axis=-1)[:, :, :-1]
+  class_similarity = tf.einsum("bkt,bnt->bkn", gt.mask_class_one_hot, class_probs)
+
+  valid = gt.mask_valid[:, :, None]
+  invalid_cost = (_INVALID_ROW_COST_FEW_SLOTS if num_slots < num_masks
+                  else _INVALID_ROW_COST_MANY_SLOTS)
+  cost = -dice * class_similarity * valid + (1.0 - valid) * invalid_cost
+  slot_for_row = batched_linear_sum_assignment(cost)
+
+  slot_for_mask = tf.where(gt.mask_valid > 0, slot_for_row, -1)
+  assignment = tf.one_hot(slot_for_mask, num_slots, dtype=tf.float32)
+  pixel_slot = tf.where(gt.pixel_mask_id >= 0,
+                        tf.gather(slot_for_mask, tf.maximum(gt.pixel_mask_id, 0), batch_dims=1),
+                        -1)
+  return MatchResult(
+      assignment=assignment,
+      pixel_slot=pixel_slot,
+      slot_for_mask=slot_for_mask,
+      matched_mask_dice=tf.reduce_sum(dice * assignment, axis=1),
+      matched_class_prob=tf.reduce_sum(class_similarity * assignment, axis=2))
+
+
+def matched_pixel_log_probs(mask_logits: tf.Tensor, gt: MaskGroundTruth,
+                            result: MatchResult) -> tf.Tensor:
+  """Log-probability of each pixel's ground-truth mask under the softmax over slots.
+
+  This is deeplab2's log-softmax of the logits permuted into ground-truth order, read at the
+  pixel's mask: a mask without a slot gets the logit -99999, as in deeplab2's padded
+  permutation. Pixels in no mask give 0.
+
+  Args:
+    mask_logits: float32 `[B, P, N]` pixel-to-slot logits of one decoder output.
+
+  Returns:
+    float32 `[B, P]`.
+  """
+  log_norm = tf.reduce_logsumexp(mask_logits, axis=-1)
+  slot_logit = tf.gather(mask_logits, tf.maximum(result.pixel_slot, 0), batch_dims=2)
+  slot_logit = tf.where(result.pixel_slot >= 0, slot_logit, MISSING_SLOT_LOGIT)
+  return tf.where(gt.pixel_mask_id >= 0, slot_logit - log_norm, 0.0)

@@ -1,0 +1,36 @@
+"""Example writing: deeplab2 keys, raw little-endian int32 labels, RGB conversion, checks."""
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from kmax_tf.data import tfexample
+
+
+def test_features_and_rgb_conversion():
+  grey = io.BytesIO()
+  Image.fromarray(np.full((3, 4), 9, np.uint8)).save(grey, format="PNG")
+  label = np.arange(12, dtype=np.int32).reshape(3, 4) * 1000
+  example = tf.train.Example.FromString(
+      tfexample.make_example(grey.getvalue(), "png", "img", panoptic_label=label))
+  f = example.features.feature
+  assert f["image/height"].int64_list.value[0] == 3 and f["image/width"].int64_list.value[0] == 4
+  assert f["image/channels"].int64_list.value[0] == 3
+  assert f["image/format"].bytes_list.value[0] == b"png"
+  assert f["image/filename"].bytes_list.value[0] == b"img"
+  assert f["image/segmentation/class/format"].bytes_list.value[0] == b"raw"
+  raw = f["image/segmentation/class/encoded"].bytes_list.value[0]
+  np.testing.assert_array_equal(np.frombuffer(raw, "<i4").reshape(3, 4), label)
+  decoded = Image.open(io.BytesIO(f["image/encoded"].bytes_list.value[0]))
+  assert decoded.mode == "RGB" and (np.asarray(decoded) == 9).all()
+
+
+def test_bad_inputs_name_the_source():
+  png = tfexample.encode_image(np.zeros((3, 4, 3), np.uint8), "png")
+  with pytest.raises(ValueError, match="x.png: label shape"):
+    tfexample.make_features(png, "png", "x", panoptic_label=np.zeros((4, 4), np.int32),
+                            source="x.png")
+  with pytest.raises(ValueError, match="y.jpg: cannot decode image"):
+    tfexample.make_features(b"not an image", "jpeg", "y", source="y.jpg")

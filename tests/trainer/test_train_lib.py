@@ -1,0 +1,111 @@
+"""End-to-end trainer tests on the micro synthetic config (crop 65, batch 2).
+
+Training runs in subprocesses (`python -m kmax_tf.trainer.train`), the way users launch it, so
+that a run can be killed with SIGKILL and restarted.
+"""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kmax_tf.configs import config_path
+from kmax_tf.data import synthetic
+
+_MICRO = str(config_path("synthetic/kmax_micro.textproto"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("synthetic")
+  synthetic.write_dataset(str(directory), num_train=8, num_eval=2, image_size=64, seed=3)
+  return directory
+
+
+def _train_command(data_dir, model_dir, *extra):
+  return [sys.executable, "-m", "kmax_tf.trainer.train", f"--config_file={_MICRO}",
+          "--mode=train", f"--model_dir={model_dir}", f"--override=DATA_DIR={data_dir}",
+          "--override=EXPERIMENT_NAME=micro", "--seed=7", "--deterministic", *extra]
+
+
+def _environment():
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def _model_weights(checkpoint_prefix):
+  reader = tf.train.load_checkpoint(str(checkpoint_prefix))
+  names = [name for name in reader.get_variable_to_shape_map()
+           if name.startswith("model/by_path/")]
+  assert len(names) > 100, "the checkpoint should hold every model variable"
+  return {name: reader.get_tensor(name) for name in names}
+
+
+def _train_losses(model_dir):
+  """`losses/train_total_loss` summaries by step, read from the TensorBoard event files."""
+  losses = {}
+  for event_file in sorted((model_dir / "micro" / "train").glob("events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+      for value in event.summary.value:
+        if value.tag == "losses/train_total_loss":
+          losses[event.step] = float(tf.make_ndarray(value.tensor))
+  return losses
+
+
+def test_sigkill_and_restart_ends_with_the_same_weights(data_dir, tmp_path):
+  uninterrupted = tmp_path / "uninterrupted"
+  subprocess.run(_train_command(data_dir, uninterrupted), check=True, env=_environment(),
+                 capture_output=True, timeout=600)
+  expected = _model_weights(uninterrupted / "micro" / "ckpt-6")
+
+  killed = tmp_path / "killed"
+  process = subprocess.Popen(_train_command(data_dir, killed), env=_environment(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while not (killed / "micro" / "ckpt-2.index").exists():
+    assert process.poll() is None, "training exited before its first checkpoint"
+    assert time.time() < deadline
+    time.sleep(0.2)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (killed / "micro" / "ckpt-6.index").exists()
+  restarted = subprocess.run(_train_command(data_dir, killed), env=_environment(),
+                             capture_output=True, text=True, timeout=600, check=True)
+  assert "restored" in restarted.stderr.lower()
+  resumed = _model_weights(killed / "micro" / "ckpt-6")
+  assert resumed.keys() == expected.keys()
+  for name, value in expected.items():
+    np.testing.assert_allclose(resumed[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_loss_decreases_and_is_logged(data_dir, tmp_path):
+  model_dir = tmp_path / "run"
+  result = subprocess.run(
+      _train_command(data_dir, model_dir, "--max_steps=16"), env=_environment(),
+      capture_output=True, text=True, timeout=900, check=True)
+  assert "steps/s" in result.stderr and "ETA" in result.stderr
+  losses = _train_losses(model_dir)
+  steps = sorted(losses)
+  assert steps[-1] == 16 and len(steps) >= 4
+  first, last = losses[steps[0]], np.mean([losses[s] for s in steps[-2:]])
+  assert last < first, losses
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_dir, tmp_path):
+  config = (pathlib.Path(_MICRO).read_text()
+            .replace("base_learning_rate: 0.001", "base_learning_rate: 1e+30"))
+  config_file = tmp_path / "explode.textproto"
+  config_file.write_text(config)
+  command = _train_command(data_dir, tmp_path / "run")
+  command[3] = f"--config_file={config_file}"
+  result = subprocess.run(command, env=_environment(), capture_output=True, text=True,
+                          timeout=600, check=False)
+  assert result.returncode != 0
+  assert "Training loss became" in result.stderr
+  checkpoint = tf.train.latest_checkpoint(str(tmp_path / "run" / "micro"))
+  weights = _model_weights(checkpoint)
+  assert all(np.isfinite(value).all() for value in weights.values())

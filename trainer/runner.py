@@ -1,0 +1,142 @@
+"""Orbit trainer for kMaX-DeepLab: one compiled train step, loss metrics, NaN guard, progress.
+
+The trainer takes its parts (model, loss, optimizers, dataset) ready-made, so the same class runs
+under every distribution strategy and in tests with small stand-ins; `trainer/train_lib.py`
+assembles the real ones from a config.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import keras
+import orbit
+import tensorflow as tf
+from absl import logging
+
+from kmax_tf.trainer import optimizer as optimizer_lib
+
+TOTAL_LOSS = "total_loss"
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or Inf; the last saved checkpoint is left untouched."""
+
+
+class KMaXTrainer(orbit.StandardTrainer):
+  """Trains `model` on `loss(inputs, outputs)` with deeplab2's step semantics.
+
+  Per step: forward with `training=True`; every loss term averaged over the batch; the total
+  divided by the number of replicas (gradients are summed across replicas); gradients applied by
+  the main and, if configured, the backbone optimizer; `global_step` incremented.
+  """
+
+  def __init__(self, *, strategy: tf.distribute.Strategy, model: keras.Model,
+               loss: Callable, loss_names, optimizers: optimizer_lib.Optimizers,
+               train_dataset, global_step: tf.Variable, total_steps: int,
+               jit_compile: bool = False):
+    """Args:
+      strategy: the distribution strategy the model and optimizers were built under.
+      model: maps images `[B, H, W, 3]` to the output dict of `KMaXDeepLab`.
+      loss: `loss(inputs, outputs) -> {name: [B] tensor}` including `total_loss`.
+      loss_names: every key `loss` returns (metrics are created before tracing).
+      optimizers: from `optimizer.build_optimizers`.
+      train_dataset: a `tf.data.Dataset` of batched training dicts (or a function of an
+        `InputContext` returning one, for per-replica input pipelines).
+      global_step: incremented once per step; checkpoints and summaries key on it.
+      total_steps: `training_number_of_steps`, for the ETA.
+      jit_compile: compile the per-replica step with XLA.
+    """
+    self._strategy = strategy
+    self._model = model
+    self._loss = loss
+    self._optimizers = optimizers
+    self._global_step = global_step
+    self._total_steps = total_steps
+    self._step_fn = tf.function(self._forward_backward, jit_compile=True) if jit_compile else (
+        self._forward_backward)
+    self._loop_start: tuple[float, int] | None = None
+    with strategy.scope():
+      self._loss_metrics = {name: keras.metrics.Mean(name=f"train_{name}")
+                            for name in loss_names}
+      if isinstance(strategy, tf.distribute.OneDeviceStrategy):
+        # One device needs no distributed input, and a plain iterator can be checkpointed, so a
+        # restarted run continues the input stream exactly where the checkpoint left it.
+        dataset = train_dataset() if callable(train_dataset) else train_dataset
+      else:
+        dataset = orbit.utils.make_distributed_dataset(strategy, train_dataset)
+    super().__init__(dataset, options=orbit.StandardTrainerOptions(
+        use_tf_while_loop=False, use_tf_function=True))
+    # Created now rather than lazily by Orbit, so that it can go into the checkpoint.
+    with strategy.scope():
+      self._train_iter = iter(self.train_dataset)
+
+  @property
+  def train_iterator(self):
+    """The input iterator if it can be checkpointed (single device), else None.
+
+    Distributed iterators are not trackable; multi-device runs resume with a fresh input stream.
+    """
+    if isinstance(self._train_iter, tf.__internal__.tracking.Trackable):
+      return self._train_iter
+    return None
+
+  @property
+  def model(self) -> keras.Model:
+    return self._model
+
+  @property
+  def optimizers(self) -> optimizer_lib.Optimizers:
+    return self._optimizers
+
+  def train_loop_begin(self):
+    for metric in self._loss_metrics.values():
+      metric.reset_state()
+    self._loop_start = (time.time(), int(self._global_step.numpy()))
+
+  def _forward_backward(self, inputs):
+    variables = self._model.trainable_variables
+    with tf.GradientTape() as tape:
+      outputs = self._model(inputs["image"], training=True)
+      losses = {name: tf.reduce_mean(value) for name, value in self._loss(inputs, outputs).items()}
+      scaled = losses[TOTAL_LOSS] / self._strategy.num_replicas_in_sync
+    gradients = tape.gradient(scaled, variables)
+    self._optimizers.apply_gradients(
+        {id(v): g for v, g in zip(variables, gradients) if g is not None})
+    for name, value in losses.items():
+      self._loss_metrics[name].update_state(value)
+
+  def train_step(self, iterator):
+    def step(inputs):
+      self._step_fn(inputs)
+      self._global_step.assign_add(1)
+
+    self._strategy.run(step, args=(next(iterator),))
+
+  def train_loop_end(self):
+    logs = {f"losses/{metric.name}": metric.result() for metric in self._loss_metrics.values()}
+    total = float(self._loss_metrics[TOTAL_LOSS].result())
+    step = int(self._global_step.numpy())
+    if not tf.math.is_finite(total):
+      raise NonFiniteLossError(
+          f"Training loss became {total} by step {step}; stopping. The latest checkpoint saved "
+          "before this loop is intact: lower the learning rate or check the data, then restart "
+          "to resume from it.")
+    logs["learning_rate"] = self._optimizers.main.learning_rate
+    if self._loop_start is not None:
+      start_time, start_step = self._loop_start
+      elapsed = max(time.time() - start_time, 1e-9)
+      steps_per_second = (step - start_step) / elapsed
+      remaining = max(self._total_steps - step, 0)
+      eta = remaining / steps_per_second if steps_per_second > 0 else float("inf")
+      logs["steps_per_second"] = steps_per_second
+      logging.info("step %d/%d | %.2f steps/s | ETA %s | total_loss %.4f", step,
+                   self._total_steps, steps_per_second, _format_duration(eta), total)
+    return logs
+
+
+def _format_duration(seconds: float) -> str:
+  if seconds == float("inf"):
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,125 @@
+"""Assembles model, loss, data, optimizers, checkpoints and Orbit from an `ExperimentOptions`."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from absl import logging
+import keras
+import orbit
+import tensorflow as tf
+
+from kmax_tf.trainer import checkpoints
+from kmax_tf.trainer import distribution
+from kmax_tf.trainer import optimizer as optimizer_lib
+from kmax_tf.trainer import runner
+
+MODES = ("train", "eval", "train_and_eval", "continuous_eval")
+
+
+@dataclasses.dataclass
+class RunOptions:
+  """Runtime choices that are not part of the experiment config."""
+  seed: int | None = None
+  deterministic: bool = False
+  jit_compile: bool = False
+  mixed_precision: str | None = None  # None, "mixed_bfloat16" or "mixed_float16".
+  devices: tuple[str, ...] | None = None  # Explicit MirroredStrategy devices (tests).
+  max_steps: int | None = None  # Stop earlier than training_number_of_steps (tests, demo).
+
+
+def experiment_dir(model_dir: str, options) -> str:
+  """deeplab2 writes under `model_dir/<experiment_name>` when the name is set."""
+  return os.path.join(model_dir, options.experiment_name) if options.experiment_name else model_dir
+
+
+def run_experiment(mode: str, options, model_dir: str, master: str | None = None,
+                   num_gpus: int = 0, run_options: RunOptions | None = None):
+  """Runs `mode` for the experiment; returns the last train or eval logs dict.
+
+  The checkpoint (global step, model, optimizers) lives in `experiment_dir(model_dir)`; a
+  restarted run resumes from the newest readable checkpoint there.
+  """
+  # Imported here so that `kmax_tf.trainer` stays importable without building models.
+  from kmax_tf.data import reader  # pylint: disable=import-outside-toplevel
+  from kmax_tf.losses import kmax_loss  # pylint: disable=import-outside-toplevel
+  from kmax_tf.model import builder  # pylint: disable=import-outside-toplevel
+
+  if mode not in MODES:
+    raise ValueError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
+  run_options = run_options or RunOptions()
+  if run_options.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  if run_options.seed is not None:
+    keras.utils.set_random_seed(run_options.seed)
+  if run_options.mixed_precision:
+    keras.mixed_precision.set_global_policy(run_options.mixed_precision)
+
+  model_dir = experiment_dir(model_dir, options)
+  strategy = distribution.create_strategy(master, num_gpus, run_options.devices)
+  trainer_options = options.trainer_options
+  solver = trainer_options.solver_options
+  total_steps = solver.training_number_of_steps
+  if run_options.max_steps is not None:
+    total_steps = min(total_steps, run_options.max_steps)
+
+  with strategy.scope():
+    model = builder.build_model(options)
+    global_step = orbit.utils.create_global_step()
+    trainer = evaluator = None
+    checkpoint_items = {"global_step": global_step,
+                        "model": checkpoints.ModelVariables(model)}
+    if mode in ("train", "train_and_eval"):
+      loss = kmax_loss.build_loss(options, training=True, seed=run_options.seed)
+      optimizers = optimizer_lib.build_optimizers(
+          solver, model.trainable_variables, model.encoder.trainable_variables)
+      checkpoint_items.update(optimizers.checkpoint_items())
+
+      def dataset_fn(input_context=None):
+        return reader.build_dataset(
+            options.train_dataset_options, is_training=True,
+            deterministic=run_options.deterministic, seed=run_options.seed,
+            input_context=input_context)
+
+      trainer = runner.KMaXTrainer(
+          strategy=strategy, model=model, loss=loss, loss_names=loss.loss_names,
+          optimizers=optimizers, train_dataset=dataset_fn, global_step=global_step,
+          total_steps=total_steps, jit_compile=run_options.jit_compile)
+      if trainer.train_iterator is not None:
+        checkpoint_items["train_iterator"] = trainer.train_iterator
+      checkpoint_items["loss_sampler_state"] = loss.seed_generator.state
+    if mode != "train":
+      from kmax_tf.evaluation import evaluator as evaluator_lib  # pylint: disable=import-outside-toplevel
+      evaluator = evaluator_lib.build_orbit_evaluator(options, model, strategy, model_dir)
+
+    init_fn = None
+    if options.model_options.initial_checkpoint:
+      init_fn = lambda: checkpoints.restore_model_variables(
+          model, options.model_options.initial_checkpoint, require_all=False)
+    manager = checkpoints.ResilientCheckpointManager(
+        tf.train.Checkpoint(**checkpoint_items), directory=model_dir,
+        max_to_keep=trainer_options.num_checkpoints_to_keep, step_counter=global_step,
+        checkpoint_interval=trainer_options.save_checkpoints_steps, init_fn=init_fn)
+    controller = orbit.Controller(
+        strategy=strategy, trainer=trainer, evaluator=evaluator, global_step=global_step,
+        steps_per_loop=trainer_options.steps_per_loop, checkpoint_manager=manager,
+        summary_interval=trainer_options.save_summaries_steps,
+        summary_dir=os.path.join(model_dir, "train"),
+        eval_summary_dir=os.path.join(model_dir, "eval"))
+
+  evaluator_options = options.evaluator_options
+  eval_steps = evaluator_options.eval_steps
+  if mode == "train":
+    if int(global_step.numpy()) == 0:
+      controller.save_checkpoint()
+    controller.train(steps=total_steps)
+    return None
+  if mode == "train_and_eval":
+    return controller.train_and_evaluate(
+        train_steps=total_steps, eval_steps=eval_steps,
+        eval_interval=evaluator_options.eval_interval)
+  if mode == "eval":
+    return controller.evaluate(steps=eval_steps)
+  timeout = evaluator_options.continuous_eval_timeout
+  return controller.evaluate_continuously(
+      steps=eval_steps, timeout=None if timeout < 0 else timeout)
