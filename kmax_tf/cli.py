@@ -6,6 +6,7 @@ import sys
 # Order is the order shown by `kmax-tf --help`.
 _COMMAND_MODULES = (
     "config",
+    "model",
     "data",
     "train",
     "eval",
