@@ -7,7 +7,6 @@ summary whose JSON form is the command's last line.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import time
 
@@ -74,12 +73,10 @@ def run_demo(output_dir: str, *, quick: bool = False, seed: int = 0,
   export.export_saved_model(options, checkpoint, str(saved_model_dir))
 
   logging.info("[5/5] Drawing overlays with the exported model")
-  images_dir = output / "images"
-  image_paths = synthetic.write_images(str(images_dir), NUM_OVERLAYS,
-                                       image_size=settings["image_size"], seed=seed + 1)
+  image_paths = _write_scenes(output / "images", NUM_OVERLAYS, settings["image_size"], seed)
   predictions_dir = output / "predictions"
-  predict.predict_with_saved_model(str(saved_model_dir), image_paths, str(predictions_dir),
-                                   get_dataset(options.eval_dataset_options.dataset))
+  predict_fn, dataset = predict.saved_model_predictor(str(saved_model_dir))
+  written = predict.predict_files(predict_fn, dataset, image_paths, str(predictions_dir))
 
   summary = {
       "pq": results["all"]["pq"], "sq": results["all"]["sq"], "rq": results["all"]["rq"],
@@ -88,11 +85,25 @@ def run_demo(output_dir: str, *, quick: bool = False, seed: int = 0,
       "seconds": round(time.time() - started, 1),
       "data_dir": str(data_dir), "checkpoint_dir": checkpoint,
       "saved_model": str(saved_model_dir), "predictions": str(predictions_dir),
-      "overlays": sorted(str(p) for p in predictions_dir.glob("**/*overlay*.png")),
+      "overlays": sorted(str(p) for p in pathlib.Path(written["vis_dir"]).glob("*.png")),
   }
   with open(output / "summary.json", "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=1)
   return summary
+
+
+def _write_scenes(directory: pathlib.Path, count: int, size: int, seed: int) -> list[str]:
+  """Fresh synthetic scenes as PNG files: what a user would hand to `kmax-tf predict`."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from kmax_tf.data import synthetic  # pylint: disable=import-outside-toplevel
+  directory.mkdir(parents=True, exist_ok=True)
+  paths = []
+  for index in range(count):
+    image, _ = synthetic.draw_scene(synthetic.scene_rng(seed, "val", 10_000 + index), size)
+    path = directory / f"scene_{index}.png"
+    Image.fromarray(image).save(path)
+    paths.append(str(path))
+  return paths
 
 
 def main_json(summary: dict) -> str:
@@ -100,5 +111,3 @@ def main_json(summary: dict) -> str:
   return json.dumps(summary, sort_keys=True)
 
 
-def default_output_dir() -> str:
-  return os.path.join(os.getcwd(), "kmax_demo")
