@@ -7,6 +7,7 @@ import sys
 _COMMAND_MODULES = (
     "config",
     "data",
+    "model",
     "train",
     "eval",
 )

@@ -1,0 +1,1 @@
+"""Building blocks shared by the backbones, the pixel decoder and the kMaX decoder."""

@@ -1,0 +1,163 @@
+"""Axial attention with relative positional encodings (Axial-DeepLab; deeplab2 `axial_layers.py`).
+
+Every axis is attended *globally* whatever its length, so one built model runs at any input size.
+The relative positional embeddings are tables of `2 * MAX_SPAN - 1` rows (deeplab2's size, so
+checkpoints map one to one) indexed at run time by `key - query`; distances beyond
+`MAX_SPAN - 1 = 254` share the edge rows, as in deeplab2's own `RelativePositionalEncoding`.
+deeplab2 additionally refuses axes longer than `query_shape = 129` (its local-attention path is not
+implemented); here such axes simply get global attention, which is what deeplab2 computes for
+every length it accepts.
+"""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from kmax_tf.model.layers import norm
+
+MAX_SPAN = 255
+
+
+def relative_distance_index(length):
+  """`[L, L]` int32 rows of the embedding table for (query l, key m): `m - l + MAX_SPAN - 1`."""
+  positions = ops.arange(length, dtype="int32")
+  index = positions[None, :] - positions[:, None] + (MAX_SPAN - 1)
+  return ops.clip(index, 0, 2 * MAX_SPAN - 2)
+
+
+@keras.saving.register_keras_serializable(package="kmax_tf")
+class AxialAttention(keras.layers.Layer):
+  """Global multi-head attention along axis 1 of `[B, L, C]` -> `[B, L, total_value_depth]`.
+
+  Similarity = content (q.k) + query-RPE (q.r_q) + key-RPE (k.r_k), each batch-normalized per
+  head (no 1/sqrt(d) scaling; the BN sets the scale), softmax over keys; retrieved output =
+  content (w.v) + value-RPE (w.r_v), batch-normalized per head and channel.
+  """
+
+  def __init__(self, total_key_depth: int, total_value_depth: int, num_heads: int = 8,
+               norm_layer=None, **kwargs):
+    super().__init__(**kwargs)
+    if total_key_depth % num_heads or total_value_depth % num_heads:
+      raise ValueError(f"{self.name}: key depth {total_key_depth} and value depth "
+                       f"{total_value_depth} must be divisible by num_heads={num_heads}")
+    self.total_key_depth = total_key_depth
+    self.total_value_depth = total_value_depth
+    self.num_heads = num_heads
+    self.norm_layer = norm.get(norm_layer)
+    self._key_depth = total_key_depth // num_heads
+    self._value_depth = total_value_depth // num_heads
+    self.batch_norm_qkv = self.norm_layer(name="batch_norm_qkv")
+    # Similarity logits feed a softmax: keep their BN (and the softmax) in float32.
+    self.batch_norm_similarity = self.norm_layer(name="batch_norm_similarity", dtype="float32")
+    self.batch_norm_retrieved_output = self.norm_layer(name="batch_norm_retrieved_output")
+
+  def build(self, input_shape):
+    channels = input_shape[-1]
+    self.qkv_kernel = self.add_weight(
+        name="qkv_kernel", shape=(channels, 2 * self.total_key_depth + self.total_value_depth),
+        initializer=keras.initializers.TruncatedNormal(stddev=channels ** -0.5))
+    rpe_rows = 2 * MAX_SPAN - 1
+    self.query_rpe = self.add_weight(name="query_rpe", shape=(rpe_rows, self._key_depth),
+                                     initializer=keras.initializers.TruncatedNormal(stddev=1.0))
+    self.key_rpe = self.add_weight(name="key_rpe", shape=(rpe_rows, self._key_depth),
+                                   initializer=keras.initializers.TruncatedNormal(stddev=1.0))
+    self.value_rpe = self.add_weight(name="value_rpe", shape=(rpe_rows, self._value_depth),
+                                     initializer=keras.initializers.TruncatedNormal(stddev=1.0))
+    qkv_depth = 2 * self.total_key_depth + self.total_value_depth
+    self.batch_norm_qkv.build(tuple(input_shape[:-1]) + (qkv_depth,))
+    self.batch_norm_similarity.build((None, None, None, 3 * self.num_heads))
+    self.batch_norm_retrieved_output.build((None, None, 2 * self.total_value_depth))
+
+  def call(self, inputs, training=None):
+    length = ops.shape(inputs)[1]
+    heads, dk, dv = self.num_heads, self._key_depth, self._value_depth
+    qkv = ops.einsum("blc,cd->bld", inputs, ops.cast(self.qkv_kernel, inputs.dtype))
+    qkv = self.batch_norm_qkv(qkv, training=training)
+    query, key, value = ops.split(
+        qkv, [self.total_key_depth, 2 * self.total_key_depth], axis=-1)
+    query = ops.reshape(query, (-1, length, heads, dk))
+    key = ops.reshape(key, (-1, length, heads, dk))
+    value = ops.reshape(value, (-1, length, heads, dv))
+    index = relative_distance_index(length)
+    query_rpe = ops.cast(ops.take(self.query_rpe, index, axis=0), inputs.dtype)  # [L, L, dk]
+    key_rpe = ops.cast(ops.take(self.key_rpe, index, axis=0), inputs.dtype)
+    value_rpe = ops.cast(ops.take(self.value_rpe, index, axis=0), inputs.dtype)
+    # [B, L(query), L(key), heads] per similarity type; BN channels are (type, head).
+    similarity = ops.concatenate([
+        ops.einsum("blhd,bmhd->blmh", query, key),
+        ops.einsum("blhd,lmd->blmh", query, query_rpe),
+        ops.einsum("bmhd,lmd->blmh", key, key_rpe),
+    ], axis=-1)
+    similarity = self.batch_norm_similarity(ops.cast(similarity, "float32"), training=training)
+    similarity = ops.sum(ops.reshape(similarity, (-1, length, length, 3, heads)), axis=3)
+    weights = ops.cast(ops.softmax(similarity, axis=2), inputs.dtype)
+    # [B, L, 2, heads, dv]: content and positional retrievals; BN channels are (type, head, d).
+    retrieved = ops.stack([
+        ops.einsum("blmh,bmhd->blhd", weights, value),
+        ops.einsum("blmh,lmd->blhd", weights, value_rpe),
+    ], axis=2)
+    retrieved = ops.reshape(retrieved, (-1, length, 2 * self.total_value_depth))
+    retrieved = self.batch_norm_retrieved_output(retrieved, training=training)
+    retrieved = ops.reshape(retrieved, (-1, length, 2, self.total_value_depth))
+    return ops.sum(retrieved, axis=2)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(total_key_depth=self.total_key_depth,
+                  total_value_depth=self.total_value_depth, num_heads=self.num_heads,
+                  norm_layer=self.norm_layer.get_config())
+    return config
+
+
+@keras.saving.register_keras_serializable(package="kmax_tf")
+class AxialAttention2D(keras.layers.Layer):
+  """Height-axis then width-axis attention: `[B, H, W, C] -> [B, H', W', filters*value_exp]`.
+
+  With `strides=2` rows are subsampled (`[::2]`) after the height attention and columns after the
+  width attention, so an odd side `2k+1` becomes `k+1`.
+  """
+
+  def __init__(self, filters: int, strides: int = 1, key_expansion: float = 1.0,
+               value_expansion: float = 2.0, num_heads: int = 8, norm_layer=None, **kwargs):
+    super().__init__(**kwargs)
+    self.filters = filters
+    self.strides = strides
+    self.key_expansion = key_expansion
+    self.value_expansion = value_expansion
+    self.num_heads = num_heads
+    self.norm_layer = norm.get(norm_layer)
+    self.total_key_depth = int(round(filters * key_expansion))
+    self.total_value_depth = int(round(filters * value_expansion))
+    self.height_axis = AxialAttention(self.total_key_depth, self.total_value_depth, num_heads,
+                                      norm_layer=self.norm_layer, name="height_axis")
+    self.width_axis = AxialAttention(self.total_key_depth, self.total_value_depth, num_heads,
+                                     norm_layer=self.norm_layer, name="width_axis")
+
+  def build(self, input_shape):
+    channels = input_shape[-1]
+    self.height_axis.build((None, None, channels))
+    self.width_axis.build((None, None, self.total_value_depth))
+
+  def call(self, inputs, training=None):
+    shape = ops.shape(inputs)
+    height, width = shape[1], shape[2]
+    depth = self.total_value_depth
+    x = ops.transpose(inputs, (0, 2, 1, 3))
+    x = ops.reshape(x, (-1, height, inputs.shape[-1]))
+    x = self.height_axis(x, training=training)
+    x = ops.transpose(ops.reshape(x, (-1, width, height, depth)), (0, 2, 1, 3))
+    if self.strides > 1:
+      x = x[:, ::self.strides]
+    strided_height = ops.shape(x)[1]
+    x = self.width_axis(ops.reshape(x, (-1, width, depth)), training=training)
+    x = ops.reshape(x, (-1, strided_height, width, depth))
+    if self.strides > 1:
+      x = x[:, :, ::self.strides]
+    return x
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(filters=self.filters, strides=self.strides, key_expansion=self.key_expansion,
+                  value_expansion=self.value_expansion, num_heads=self.num_heads,
+                  norm_layer=self.norm_layer.get_config())
+    return config

@@ -1,0 +1,143 @@
+"""Convolution helpers with optional batch norm and activation (deeplab2 `convolutions.py`).
+
+- `Conv2DSame`: 'same' output size for stride 1; for stride > 1 a *symmetric* zero padding of
+  `(k - 1) * rate / 2` followed by a 'valid' convolution, so that a `s*k+1` input maps to `k+1`
+  outputs whose centres sit on input pixels (Keras 'same' would pad bottom/right only).
+- `Conv1x1`: a 1x1 projection over the last axis of `[B, L, C]` (deeplab2's `Conv1D`).
+- `SeparableConv2DSame`: depthwise kxk (+BN+act) then pointwise 1x1 (+BN+act).
+"""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from kmax_tf.model.layers import activations
+from kmax_tf.model.layers import norm
+
+
+@keras.saving.register_keras_serializable(package="kmax_tf")
+class Conv2DSame(keras.layers.Layer):
+  """`[B, H, W, Cin] -> [B, H', W', filters]` conv (+ BN) (+ activation).
+
+  With BN the convolution has no bias (deeplab2 raises on both).
+  """
+
+  def __init__(self, filters: int, kernel_size: int = 1, strides: int = 1,
+               dilation_rate: int = 1, use_bias: bool = False, use_bn: bool = True,
+               norm_layer=None, bn_gamma_initializer="ones", activation: str | None = None,
+               kernel_initializer="he_normal", **kwargs):
+    super().__init__(**kwargs)
+    if use_bn and use_bias:
+      raise ValueError(f"{self.name}: a convolution followed by BN must not have a bias")
+    self.filters = filters
+    self.kernel_size = kernel_size
+    self.strides = strides
+    self.dilation_rate = dilation_rate
+    self.use_bias = use_bias
+    self.use_bn = use_bn
+    self.norm_layer = norm.get(norm_layer)
+    self.bn_gamma_initializer = bn_gamma_initializer
+    self.activation = activation
+    self.kernel_initializer = kernel_initializer
+    self._padding = (kernel_size - 1) * dilation_rate // 2 if strides > 1 else 0
+    self.conv = keras.layers.Conv2D(
+        filters, kernel_size, strides=strides, dilation_rate=dilation_rate,
+        padding="valid" if strides > 1 else "same", use_bias=use_bias,
+        kernel_initializer=kernel_initializer, name="conv")
+    self.batch_norm = (self.norm_layer(name="batch_norm", gamma_initializer=bn_gamma_initializer)
+                       if use_bn else None)
+    self._activation_fn = activations.get_activation(activation)
+
+  def call(self, inputs, training=None):
+    x = inputs
+    if self._padding:
+      pad = self._padding
+      x = ops.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    x = self.conv(x)
+    if self.batch_norm is not None:
+      x = self.batch_norm(x, training=training)
+    return self._activation_fn(x)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
+                  dilation_rate=self.dilation_rate, use_bias=self.use_bias, use_bn=self.use_bn,
+                  norm_layer=self.norm_layer.get_config(),
+                  bn_gamma_initializer=self.bn_gamma_initializer, activation=self.activation,
+                  kernel_initializer=keras.initializers.serialize(
+                      keras.initializers.get(self.kernel_initializer)))
+    return config
+
+
+@keras.saving.register_keras_serializable(package="kmax_tf")
+class Conv1x1(keras.layers.Layer):
+  """`[B, L, Cin] -> [B, L, filters]` 1x1 projection (+ BN) (+ activation)."""
+
+  def __init__(self, filters: int, use_bias: bool = False, use_bn: bool = True, norm_layer=None,
+               bn_gamma_initializer="ones", activation: str | None = None,
+               kernel_initializer="he_normal", bn_dtype=None, **kwargs):
+    super().__init__(**kwargs)
+    if use_bn and use_bias:
+      raise ValueError(f"{self.name}: a projection followed by BN must not have a bias")
+    self.filters = filters
+    self.use_bias = use_bias
+    self.use_bn = use_bn
+    self.norm_layer = norm.get(norm_layer)
+    self.bn_gamma_initializer = bn_gamma_initializer
+    self.activation = activation
+    self.kernel_initializer = kernel_initializer
+    self.bn_dtype = bn_dtype
+    self.dense = keras.layers.Dense(filters, use_bias=use_bias,
+                                    kernel_initializer=kernel_initializer, name="conv")
+    self.batch_norm = (self.norm_layer(name="batch_norm", gamma_initializer=bn_gamma_initializer,
+                                       dtype=bn_dtype) if use_bn else None)
+    self._activation_fn = activations.get_activation(activation)
+
+  def call(self, inputs, training=None):
+    x = self.dense(inputs)
+    if self.batch_norm is not None:
+      x = self.batch_norm(x, training=training)
+    return self._activation_fn(x)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(filters=self.filters, use_bias=self.use_bias, use_bn=self.use_bn,
+                  norm_layer=self.norm_layer.get_config(),
+                  bn_gamma_initializer=self.bn_gamma_initializer, activation=self.activation,
+                  kernel_initializer=keras.initializers.serialize(
+                      keras.initializers.get(self.kernel_initializer)),
+                  bn_dtype=self.bn_dtype)
+    return config
+
+
+@keras.saving.register_keras_serializable(package="kmax_tf")
+class SeparableConv2DSame(keras.layers.Layer):
+  """`[B, H, W, Cin] -> [B, H, W, filters]`: depthwise kxk + BN + act, pointwise 1x1 + BN + act.
+
+  Stride 1 only (every kMaX use); the depthwise kernel has no bias because BN follows.
+  """
+
+  def __init__(self, filters: int, kernel_size: int = 5, norm_layer=None,
+               activation: str | None = None, **kwargs):
+    super().__init__(**kwargs)
+    self.filters = filters
+    self.kernel_size = kernel_size
+    self.norm_layer = norm.get(norm_layer)
+    self.activation = activation
+    self.depthwise = keras.layers.DepthwiseConv2D(kernel_size, padding="same", use_bias=False,
+                                                  name="depthwise")
+    self.depthwise_bn = self.norm_layer(name="depthwise_batch_norm")
+    self.pointwise = Conv2DSame(filters, 1, norm_layer=self.norm_layer, activation=activation,
+                                name="pointwise")
+    self._activation_fn = activations.get_activation(activation)
+
+  def call(self, inputs, training=None):
+    x = self.depthwise(inputs)
+    x = self._activation_fn(self.depthwise_bn(x, training=training))
+    return self.pointwise(x, training=training)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(filters=self.filters, kernel_size=self.kernel_size,
+                  norm_layer=self.norm_layer.get_config(), activation=self.activation)
+    return config

@@ -1,0 +1,77 @@
+"""Conv helpers: symmetric padding for strided convs, 1x1 projections, separable convs."""
+import keras
+import numpy as np
+import pytest
+
+from kmax_tf.model.layers import conv
+from kmax_tf.model.layers import norm
+
+
+def _numpy_conv(x, kernel, stride, pad):
+  """Plain cross-correlation of [H, W, Cin] with [k, k, Cin, Cout] after symmetric zero padding."""
+  x = np.pad(x, ((pad, pad), (pad, pad), (0, 0)))
+  k = kernel.shape[0]
+  out_h = (x.shape[0] - k) // stride + 1
+  out_w = (x.shape[1] - k) // stride + 1
+  out = np.zeros((out_h, out_w, kernel.shape[-1]))
+  for i in range(out_h):
+    for j in range(out_w):
+      patch = x[i * stride:i * stride + k, j * stride:j * stride + k]
+      out[i, j] = np.tensordot(patch, kernel, axes=3)
+  return out
+
+
+@pytest.mark.parametrize("size", [9, 10])
+def test_strided_conv_pads_symmetrically(size):
+  rng = np.random.default_rng(0)
+  layer = conv.Conv2DSame(4, 3, strides=2, use_bn=False)
+  x = rng.normal(size=(1, size, size, 2)).astype(np.float32)
+  y = layer(x).numpy()[0]
+  expected = _numpy_conv(x[0], layer.conv.kernel.numpy(), 2, 1)
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+  if size == 9:  # a 2k+1 input gives k+1 outputs centred on input pixels 0, 2, ...
+    assert y.shape[:2] == (5, 5)
+
+
+def test_stride_one_is_same_padding_with_bn_and_activation():
+  layer = conv.Conv2DSame(3, 3, activation="relu")
+  y = layer(np.ones((2, 7, 5, 2), np.float32), training=False).numpy()
+  assert y.shape == (2, 7, 5, 3)
+  assert (y >= 0).all()
+  assert layer.conv.bias is None  # BN follows, so no bias
+
+
+def test_bias_with_bn_is_rejected():
+  with pytest.raises(ValueError, match="bias"):
+    conv.Conv2DSame(3, use_bias=True, use_bn=True)
+
+
+def test_conv1x1_is_a_matrix_product():
+  rng = np.random.default_rng(1)
+  layer = conv.Conv1x1(5, use_bias=True, use_bn=False)
+  x = rng.normal(size=(2, 7, 3)).astype(np.float32)
+  y = layer(x).numpy()
+  expected = x @ layer.dense.kernel.numpy() + layer.dense.bias.numpy()
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_separable_conv_shapes_and_parameter_count():
+  layer = conv.SeparableConv2DSame(8, 5, activation="gelu")
+  y = layer(np.zeros((1, 9, 11, 4), np.float32))
+  assert y.shape == (1, 9, 11, 8)
+  # depthwise 5*5*4 + BN(4) gamma/beta + pointwise 4*8 + BN(8) gamma/beta.
+  assert sum(int(np.prod(w.shape)) for w in layer.trainable_weights) == 100 + 8 + 32 + 16
+
+
+@pytest.mark.parametrize("make", [
+    lambda nl: conv.Conv2DSame(4, 3, strides=2, dilation_rate=1, norm_layer=nl, activation="gelu",
+                               bn_gamma_initializer="zeros", name="c"),
+    lambda nl: conv.Conv1x1(4, norm_layer=nl, kernel_initializer=keras.initializers.TruncatedNormal(
+        stddev=0.1), name="p"),
+    lambda nl: conv.SeparableConv2DSame(4, 5, norm_layer=nl, activation="relu", name="s"),
+])
+def test_config_round_trip(make):
+  layer = make(norm.BatchNormFactory(momentum=0.9, epsilon=1e-5, synchronized=False))
+  clone = type(layer).from_config(layer.get_config())
+  assert clone.get_config() == layer.get_config()
+  assert clone.norm_layer.momentum == 0.9

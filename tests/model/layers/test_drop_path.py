@@ -1,0 +1,32 @@
+"""Drop path: per-sample binary masks scaled by 1/keep, and deeplab2's linear schedule."""
+import numpy as np
+import pytest
+
+from kmax_tf.model.layers import drop_path
+
+
+def test_linear_schedule_matches_deeplab2_numbers():
+  # Axial-ResNet-50 with p = 0.8: stride-16 blocks (stage 3) keep 0.85, stride-32 (stage 4) 0.8.
+  assert drop_path.keep_prob_for_stage(0.8, "linear", 3) == pytest.approx(0.85)
+  assert drop_path.keep_prob_for_stage(0.8, "linear", 4) == pytest.approx(0.8)
+  assert drop_path.keep_prob_for_stage(0.8, "constant", 1) == 0.8
+  with pytest.raises(ValueError, match="schedule"):
+    drop_path.keep_prob_for_stage(0.8, "cosine", 1)
+
+
+def test_training_masks_whole_samples():
+  layer = drop_path.DropPath(0.5, seed=3)
+  x = np.ones((64, 3, 2), np.float32)
+  y = layer(x, training=True).numpy()
+  per_sample = y.reshape(64, -1)
+  assert np.all(per_sample == per_sample[:, :1])  # one decision per sample
+  assert set(np.unique(per_sample)) <= {0.0, 2.0}
+  assert 0 < (per_sample[:, 0] == 0).sum() < 64
+
+
+def test_inference_and_keep_one_are_identity():
+  x = np.arange(6, dtype=np.float32).reshape(2, 3)
+  np.testing.assert_array_equal(drop_path.DropPath(0.5)(x, training=False), x)
+  np.testing.assert_array_equal(drop_path.DropPath(1.0)(x, training=True), x)
+  with pytest.raises(ValueError, match="keep_prob"):
+    drop_path.DropPath(0.0)
