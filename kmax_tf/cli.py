@@ -10,6 +10,8 @@ _COMMAND_MODULES = (
     "model",
     "train",
     "eval",
+    "export",
+    "predict",
 )
 
 

@@ -51,15 +51,17 @@ def build_inference_model(options, checkpoint: str):
   """Builds the model of `options` for inference and loads a kmax-tf training checkpoint
   (a prefix or a directory holding checkpoints)."""
   from kmax_tf.trainer import checkpoints  # pylint: disable=import-outside-toplevel
+  path = tf.train.latest_checkpoint(checkpoint) if tf.io.gfile.isdir(checkpoint) else checkpoint
+  if path is None:
+    raise FileNotFoundError(f"No checkpoint in directory {checkpoint}")
+  if not tf.io.gfile.exists(f"{path}.index"):
+    raise FileNotFoundError(f"No checkpoint {path} ({path}.index is missing)")
   model = builder.build_model(inference_options(options))
   node = checkpoints.ModelVariables(model)
   # Random-seed states are named by a process-wide counter (`seed_generator_<n>`), so they differ
   # between models built in one process (train, then export); inference draws no random numbers.
   node.by_path = {key: variable for key, variable in node.by_path.items()
                   if not key.startswith("seed_generator")}
-  path = tf.train.latest_checkpoint(checkpoint) if tf.io.gfile.isdir(checkpoint) else checkpoint
-  if path is None:
-    raise FileNotFoundError(f"No checkpoint in directory {checkpoint}")
   tf.train.Checkpoint(model=node).restore(path).expect_partial().assert_existing_objects_matched()
   return model
 
@@ -150,9 +152,14 @@ def export_saved_model(options, checkpoint: str, output_dir: str) -> str:
 
   Returns `output_dir`.
   """
+  return save_model(build_inference_model(options, checkpoint), options, output_dir)
+
+
+def save_model(model, options, output_dir: str) -> str:
+  """Writes the SavedModel of a built kMaX `model` (e.g. just trained, in memory) with the
+  post-processing of `options.evaluator_options` to `output_dir`; returns `output_dir`."""
   dataset = builder.dataset_of(options)
-  inference = InferenceModel(build_inference_model(options, checkpoint), dataset,
-                             options.evaluator_options)
+  inference = InferenceModel(model, dataset, options.evaluator_options)
   # Only the signatures and the variables are saved: no Keras object and no other tf.function
   # (saving those would retrace the model), so loading needs neither Keras classes nor kmax_tf.
   # The variables are listed explicitly because TensorFlow's object graph misses Keras 3
