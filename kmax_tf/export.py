@@ -57,12 +57,7 @@ def build_inference_model(options, checkpoint: str):
   if not tf.io.gfile.exists(f"{path}.index"):
     raise FileNotFoundError(f"No checkpoint {path} ({path}.index is missing)")
   model = builder.build_model(inference_options(options))
-  node = checkpoints.ModelVariables(model)
-  # Random-seed states are named by a process-wide counter (`seed_generator_<n>`), so they differ
-  # between models built in one process (train, then export); inference draws no random numbers.
-  node.by_path = {key: variable for key, variable in node.by_path.items()
-                  if not key.startswith("seed_generator")}
-  tf.train.Checkpoint(model=node).restore(path).expect_partial().assert_existing_objects_matched()
+  checkpoints.restore_model_variables(model, path)
   return model
 
 
