@@ -70,7 +70,7 @@ def run_demo(output_dir: str, *, quick: bool = False, seed: int = 0,
 
   logging.info("[4/5] Exporting a SavedModel")
   saved_model_dir = output / "saved_model"
-  export.export_saved_model(options, checkpoint, str(saved_model_dir))
+  export.save_model(model, options, str(saved_model_dir))
 
   logging.info("[5/5] Drawing overlays with the exported model")
   image_paths = _write_scenes(output / "images", NUM_OVERLAYS, settings["image_size"], seed)
