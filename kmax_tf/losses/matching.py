@@ -79,6 +79,10 @@ def match(gt: MaskGroundTruth, mask_logits: tf.Tensor, class_logits: tf.Tensor) 
   invalid_cost = (_INVALID_ROW_COST_FEW_SLOTS if num_slots < num_masks
                   else _INVALID_ROW_COST_MANY_SLOTS)
   cost = -dice * class_similarity * valid + (1.0 - valid) * invalid_cost
+  # Diverged predictions give NaN costs, on which the solver's path search has no answer. Any
+  # assignment will do then: the loss is NaN through the logits anyway, and the trainer stops
+  # with a clear message instead of an indexing error deep inside the solver.
+  cost = tf.where(tf.math.is_finite(cost), cost, tf.zeros_like(cost))
   slot_for_row = batched_linear_sum_assignment(cost)
 
   slot_for_mask = tf.where(gt.mask_valid > 0, slot_for_row, -1)

@@ -64,3 +64,15 @@ def test_optimum_matches_padded_square_problem(masks, slots, valid_count):
   want = np.where(mask_id < 0, 0.0,
                   np.where(slot_of_mask[mask_id] >= 0, picked, -99999.0) - lse)
   np.testing.assert_allclose(log_probs, want, rtol=1e-5, atol=1e-4)
+
+
+def test_non_finite_predictions_still_give_an_assignment():
+  """NaN logits (a diverged run) must not crash the solver; the loss reports the NaN instead."""
+  rng = np.random.default_rng(0)
+  gt = _random_gt(rng, pixels=20, masks=5, classes=3, valid_count=3)
+  mask_logits = tf.fill([1, 20, 4], np.nan)
+  class_logits = tf.constant(rng.normal(size=(1, 4, 4)), tf.float32)
+  result = match(gt, mask_logits, class_logits)
+  slots = result.slot_for_mask.numpy()[0]
+  valid = slots[slots >= 0]
+  assert len(valid) == 3 and len(set(valid)) == 3 and valid.max() < 4

@@ -69,8 +69,9 @@ def test_adamw_step_matches_deeplab2_formula():
     w, g = before[variable.path], gradients[id(variable)]
     if optimizer_lib.decays_weight(variable):
       w = w - lr * 0.05 * w
-    # Adam's first step with bias correction: m_hat = g, v_hat = g^2.
-    expected = w - lr * g / (np.abs(g) + 1e-7)
+    # Adam's first step as TF/Keras (and deeplab2's legacy Adam) compute it: epsilon is added to
+    # sqrt(v) before bias correction, i.e. w -= lr * g / (|g| + eps / sqrt(1 - beta_2)).
+    expected = w - lr * g / (np.abs(g) + 1e-7 / np.sqrt(1 - 0.999))
     np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-5, atol=1e-7,
                                err_msg=variable.path)
 
