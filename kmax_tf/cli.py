@@ -10,6 +10,7 @@ _COMMAND_MODULES = (
     "model",
     "train",
     "eval",
+    "convert",
 )
 
 
