@@ -247,6 +247,12 @@ def assign_from_deeplab2(model, path: str) -> str:
   return form
 
 
+def _global_step(path: str) -> int:
+  reader = tf.train.load_checkpoint(path)
+  key = "global_step" + _VALUE_SUFFIX
+  return int(reader.get_tensor(key)) if reader.has_tensor(key) else 0
+
+
 def is_deeplab2_checkpoint(path: str) -> bool:
   """True for a deeplab2 checkpoint, False for a kmax-tf one (its variables under `model/`)."""
   keys = [k for k, _ in tf.train.list_variables(_resolve(path)) if is_model_value(k)]
@@ -267,10 +273,15 @@ def convert(model, checkpoint: str, output_dir: str) -> str:
 
   Returns the written checkpoint prefix; `restore_model_variables(model, output_dir)` loads it.
   Backbone-only checkpoints give a checkpoint whose other variables keep `model`'s initial values.
+  The checkpoint also holds deeplab2's `global_step` (0 if absent) so that the trainer's
+  checkpoint manager, whose objects are `global_step` and `model` in eval mode, restores it from
+  `model_dir` like one of its own.
   """
+  checkpoint = _resolve(checkpoint)
   assign_from_deeplab2(model, checkpoint)
   os.makedirs(output_dir, exist_ok=True)
-  saved = tf.train.Checkpoint(model=checkpoints.ModelVariables(model)).save(
+  step = tf.Variable(_global_step(checkpoint), dtype=tf.int64, trainable=False)
+  saved = tf.train.Checkpoint(global_step=step, model=checkpoints.ModelVariables(model)).save(
       os.path.join(output_dir, "ckpt"))
   logging.info("Wrote %s", saved)
   return saved

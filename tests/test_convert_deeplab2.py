@@ -21,6 +21,7 @@ from kmax_tf.trainer import checkpoints
 
 _LISTINGS = pathlib.Path(__file__).parent / "data" / "deeplab2_variables"
 _MODELS = {}
+_GLOBAL_STEP = 1234
 
 
 def _listing(name):
@@ -53,7 +54,7 @@ def _write_checkpoint(variables, prefix, seed=0):
       value = rng.standard_normal(shape, dtype=np.float32)
       values[key] = value
     else:
-      value = np.zeros([], np.int64)
+      value = np.array(_GLOBAL_STEP if key.startswith("global_step/") else 0, np.int64)
     names.append(key)
     tensors.append(tf.constant(value))
   tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
@@ -85,6 +86,9 @@ def _convert_and_check(model, listing, tmp_path):
   _zero(model.encoder.variables if backbone_only else model.variables)
   checkpoints.restore_model_variables(model, str(tmp_path / "out"), require_all=not backbone_only)
   assert tf.train.latest_checkpoint(str(tmp_path / "out")) == saved
+  # deeplab2's step count is carried over (0 for backbone checkpoints, which have none).
+  step = tf.train.load_checkpoint(saved).get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE")
+  assert step == (0 if backbone_only else _GLOBAL_STEP)
   _assert_holds(model, values, form)
   return values
 
