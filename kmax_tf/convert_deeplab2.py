@@ -81,7 +81,6 @@ _RULES = (
 )
 
 
-
 def _minus_one(match):
   return f"downsampling_block_{int(match.group(1)) - 1}/{match.group(2)}/"
 
@@ -130,35 +129,33 @@ def checkpoint_form(keys) -> str:
   return KERAS
 
 
-def _kmax_layer_names(model) -> list[str]:
-  return [layer.name for layer in model.transformer_decoder.kmax_layers]
+# Where the backbone's variables sit in each form (keras: at the root).
+_BACKBONE_PREFIXES = {FULL: "encoder/", ENCODER: "encoder/", GARDEN: "backbone/_encoder/",
+                      KERAS: ""}
+
+
+def _rewrite(key: str, rules) -> str:
+  for pattern, replacement in rules:
+    key = re.sub(pattern, replacement, key)
+  return key
 
 
 def kmax_key(deeplab2_key: str, model, form: str = FULL) -> str:
-  """The kmax-tf variable key (`ModelVariables` key) a raw deeplab2 checkpoint key maps to."""
-  key = deeplab2_key
-  if form == GARDEN:
-    key = key[len("backbone/_encoder/"):]
-  elif form == ENCODER:
-    key = key[len("encoder/"):]
-  elif form == FULL and key.startswith("encoder/"):
-    key = key[len("encoder/"):]
-  elif form == FULL:
-    key = _strip(key)
-    for pattern, replacement in _RULES:
-      key = re.sub(pattern, replacement, key)
-    layers = _kmax_layer_names(model)
-    match = re.match(r"^transformer_decoder/kmax_decoder/(\d+)/", key)
-    if match and int(match.group(1)) < len(layers):
-      key = f"transformer_decoder/{layers[int(match.group(1))]}/" + key[match.end():]
-    return key
-  # A backbone key, relative to the backbone.
-  return f"{model.encoder.name}/" + _backbone_key(_strip(key))
+  """The kmax-tf variable key (`ModelVariables` key) a raw deeplab2 checkpoint key maps to.
 
-
-def _backbone_key(key: str) -> str:
-  for pattern, replacement in _BACKBONE_RULES:
-    key = re.sub(pattern, replacement, key)
+  Keys that no rule recognises come back stripped but otherwise unchanged (and then match no
+  kmax-tf variable, so `build_mapping` reports them).
+  """
+  prefix = _BACKBONE_PREFIXES[form]
+  if deeplab2_key.startswith(prefix):
+    relative = _strip(deeplab2_key[len(prefix):])
+    return f"{model.encoder.name}/" + _rewrite(relative, _BACKBONE_RULES)
+  key = _rewrite(_strip(deeplab2_key), _RULES)
+  # deeplab2 numbers the kMaX layers 0..5 over all strides; kmax-tf names them by stride.
+  layers = [layer.name for layer in model.transformer_decoder.kmax_layers]
+  match = re.match(r"^transformer_decoder/kmax_decoder/(\d+)/", key)
+  if match and int(match.group(1)) < len(layers):
+    key = f"transformer_decoder/{layers[int(match.group(1))]}/" + key[match.end():]
   return key
 
 
