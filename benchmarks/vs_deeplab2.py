@@ -13,8 +13,8 @@ no branch is silently zero); save it with `tf.train.Checkpoint(**model.checkpoin
 deeplab2's trainer does; convert that checkpoint into the kmax-tf model; run both on the same
 random image. Prints one JSON line: max |difference| of each output (target <= 1e-4), whether
 `panoptic_pred` is identical (deeplab2's post-processor vs kmax_tf.postprocess), the first
-component whose outputs differ (each component is fed deeplab2's inputs, so differences do not
-accumulate), and forward / train-step times of both (median of --repeats, after a warm-up).
+component whose outputs differ (each component -- encoder, pixel decoder, transformer decoder,
+final head -- is fed deeplab2's inputs, so differences do not accumulate), and forward / train-step times of both (median of --repeats, after a warm-up).
 The train step is forward(training=True) + backward of a proxy loss (mean of squares of the mask,
 class and semantic logits, main and auxiliary) + SGD update: it times the network, not the loss.
 """
@@ -103,6 +103,13 @@ def _components(dl2, model, x, tolerance):
   decoded = dl2._pixel_decoder(endpoints, training=False)  # pylint: disable=protected-access
   stages.append(("transformer_decoder", dl2._transformer_decoder,  # pylint: disable=protected-access
                  model.transformer_decoder, decoded))
+  transformed = dl2._transformer_decoder(decoded, training=False)  # pylint: disable=protected-access
+
+  def our_head(features, training):
+    return model.head(features["feature_panoptic"], features["transformer_class_feature"],
+                      features["transformer_mask_feature"], training=training)
+
+  stages.append(("head", dl2._predictor, our_head, transformed))  # pylint: disable=protected-access
   first = None
   for name, theirs, ours, inputs in stages:
     try:
