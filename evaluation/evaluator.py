@@ -116,53 +116,69 @@ class Evaluator:
     return results
 
   def _save(self, name: str, panoptic: np.ndarray, image: np.ndarray, with_overlay: bool):
-    """Writes one COCO panoptic PNG (segment id = panoptic id + 1) and returns its annotation."""
-    d = self.dataset
-    folder = os.path.join(self.save_dir, "panoptic")
-    os.makedirs(folder, exist_ok=True)
-    void = panoptic // d.panoptic_label_divisor == d.ignore_label
-    # +1 keeps id 0 free for VOID even where class 0 is real (Cityscapes road, instance 0).
-    segment_map = np.where(void, 0, panoptic + 1).astype(np.int64)
-    ids, areas = np.unique(segment_map[segment_map > 0], return_counts=True)
-    segments = []
-    for segment_id, area in zip(ids, areas):
-      semantic = int((segment_id - 1) // d.panoptic_label_divisor)
-      rows, cols = np.nonzero(segment_map == segment_id)
-      category = d.eval_category_ids[semantic] if d.eval_category_ids else semantic
-      segments.append({"id": int(segment_id), "category_id": int(category), "iscrowd": 0,
-                       "area": int(area),
-                       "bbox": [int(cols.min()), int(rows.min()), int(np.ptp(cols)) + 1,
-                                int(np.ptp(rows)) + 1]})
-    rgb = np.stack([segment_map % 256, segment_map // 256 % 256, segment_map // 65536], -1)
-    file_name = f"{name}.png"
-    Image.fromarray(rgb.astype(np.uint8)).save(os.path.join(folder, file_name))
+    annotation = save_panoptic_png(self.save_dir, name, panoptic, self.dataset)
     if with_overlay:
-      self._save_overlay(name, panoptic, image[:panoptic.shape[0], :panoptic.shape[1]], void)
-    return {"image_id": name, "file_name": file_name, "segments_info": segments}
-
-  def _save_overlay(self, name, panoptic, image, void):
-    d = self.dataset
-    semantic = np.clip(panoptic // d.panoptic_label_divisor, 0, len(d.colormap) - 1)
-    colours = d.colormap[semantic].astype(np.float32)
-    # Shift thing instances' colours apart so neighbouring instances stay distinguishable.
-    instance = panoptic % d.panoptic_label_divisor
-    colours += ((instance[..., None] * np.array([37, 17, 53])) % 64 - 32) * (instance[..., None] > 0)
-    overlay = np.where(void[..., None], image, 0.5 * image + 0.5 * np.clip(colours, 0, 255))
-    os.makedirs(os.path.join(self.save_dir, "vis"), exist_ok=True)
-    Image.fromarray(overlay.astype(np.uint8)).save(os.path.join(self.save_dir, "vis",
-                                                                f"{name}.png"))
+      os.makedirs(os.path.join(self.save_dir, "vis"), exist_ok=True)
+      overlay = panoptic_overlay(image[:panoptic.shape[0], :panoptic.shape[1]], panoptic,
+                                 self.dataset)
+      Image.fromarray(overlay).save(os.path.join(self.save_dir, "vis", f"{name}.png"))
+    return annotation
 
   def _write_json(self, annotations):
-    d = self.dataset
-    categories = []
-    for semantic, class_name in enumerate(d.class_names):
-      if semantic == d.ignore_label:
-        continue
-      categories.append({
-          "id": int(d.eval_category_ids[semantic] if d.eval_category_ids else semantic),
-          "name": class_name, "isthing": int(d.is_thing(semantic))})
-    with open(os.path.join(self.save_dir, "panoptic.json"), "w", encoding="utf-8") as f:
-      json.dump({"annotations": annotations, "categories": categories}, f)
+    write_panoptic_json(self.save_dir, annotations, self.dataset)
+
+
+def save_panoptic_png(save_dir: str, name: str, panoptic: np.ndarray, dataset) -> dict:
+  """Writes `<save_dir>/panoptic/<name>.png` in COCO panoptic format (segment id = panoptic id
+  + 1, 0 = void) and returns its annotation (`image_id`, `file_name`, `segments_info`)."""
+  d = dataset
+  folder = os.path.join(save_dir, "panoptic")
+  os.makedirs(folder, exist_ok=True)
+  void = panoptic // d.panoptic_label_divisor == d.ignore_label
+  # +1 keeps id 0 free for VOID even where class 0 is real (Cityscapes road, instance 0).
+  segment_map = np.where(void, 0, panoptic + 1).astype(np.int64)
+  ids, areas = np.unique(segment_map[segment_map > 0], return_counts=True)
+  segments = []
+  for segment_id, area in zip(ids, areas):
+    semantic = int((segment_id - 1) // d.panoptic_label_divisor)
+    rows, cols = np.nonzero(segment_map == segment_id)
+    category = d.eval_category_ids[semantic] if d.eval_category_ids else semantic
+    segments.append({"id": int(segment_id), "category_id": int(category), "iscrowd": 0,
+                     "area": int(area),
+                     "bbox": [int(cols.min()), int(rows.min()), int(np.ptp(cols)) + 1,
+                              int(np.ptp(rows)) + 1]})
+  rgb = np.stack([segment_map % 256, segment_map // 256 % 256, segment_map // 65536], -1)
+  file_name = f"{name}.png"
+  Image.fromarray(rgb.astype(np.uint8)).save(os.path.join(folder, file_name))
+  return {"image_id": name, "file_name": file_name, "segments_info": segments}
+
+
+def panoptic_overlay(image: np.ndarray, panoptic: np.ndarray, dataset) -> np.ndarray:
+  """uint8 `[H, W, 3]`: `image` blended half and half with the class colours of `panoptic`
+  (void pixels keep the image)."""
+  d = dataset
+  void = panoptic // d.panoptic_label_divisor == d.ignore_label
+  semantic = np.clip(panoptic // d.panoptic_label_divisor, 0, len(d.colormap) - 1)
+  colours = d.colormap[semantic].astype(np.float32)
+  # Shift thing instances' colours apart so neighbouring instances stay distinguishable.
+  instance = panoptic % d.panoptic_label_divisor
+  colours += ((instance[..., None] * np.array([37, 17, 53])) % 64 - 32) * (instance[..., None] > 0)
+  overlay = np.where(void[..., None], image, 0.5 * image + 0.5 * np.clip(colours, 0, 255))
+  return overlay.astype(np.uint8)
+
+
+def write_panoptic_json(save_dir: str, annotations, dataset) -> None:
+  """Writes `<save_dir>/panoptic.json` with `annotations` and the dataset's categories."""
+  d = dataset
+  categories = []
+  for semantic, class_name in enumerate(d.class_names):
+    if semantic == d.ignore_label:
+      continue
+    categories.append({
+        "id": int(d.eval_category_ids[semantic] if d.eval_category_ids else semantic),
+        "name": class_name, "isthing": int(d.is_thing(semantic))})
+  with open(os.path.join(save_dir, "panoptic.json"), "w", encoding="utf-8") as f:
+    json.dump({"annotations": annotations, "categories": categories}, f)
 
 
 def summary_logs(results: dict) -> dict:

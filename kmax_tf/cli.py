@@ -5,11 +5,14 @@ import sys
 
 # Order is the order shown by `kmax-tf --help`.
 _COMMAND_MODULES = (
+    "demo",
     "config",
-    "data",
     "model",
+    "data",
     "train",
     "eval",
+    "export",
+    "predict",
     "convert",
 )
 

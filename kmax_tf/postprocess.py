@@ -81,6 +81,9 @@ class PostProcessor:
   """Maps model outputs to `panoptic_pred`, `semantic_pred`, `instance_pred` `[B, H, W]` int32
   and `semantic_scores`, `instance_scores` `[B, H, W]` float32 at `output_size` (the padded crop).
 
+  `output_size` is fixed at construction, or (for inputs of any size, e.g. a SavedModel) left
+  None and passed to each call, where it may be a dynamic int32 tensor `[2]`.
+
   - panoptic_pred: `semantic * label_divisor + instance`; things get instance = rank + 1 of their
     mask, stuff 0, unassigned or filtered pixels `ignore_label * label_divisor`.
   - instance_pred: rank + 1 of the mask owning the pixel before area filtering; 1 where no mask
@@ -93,32 +96,39 @@ class PostProcessor:
 
   def __init__(self, options: PostProcessingOptions, thing_class_ids: Sequence[int],
                stuff_class_ids: Sequence[int], ignore_label: int, label_divisor: int,
-               output_size: Sequence[int]):
+               output_size: Sequence[int] | None = None):
     self.options = options
     self.thing_class_ids = tuple(int(c) for c in thing_class_ids)
     self.stuff_class_ids = tuple(int(c) for c in stuff_class_ids)
     self.ignore_label = int(ignore_label)
     self.label_divisor = int(label_divisor)
-    self.output_size = (int(output_size[0]), int(output_size[1]))
+    self.output_size = (None if output_size is None
+                        else (int(output_size[0]), int(output_size[1])))
     self._class_ids = tf.constant(self.thing_class_ids + self.stuff_class_ids, tf.int32)
 
   @classmethod
-  def from_options(cls, evaluator_options, dataset, output_size) -> "PostProcessor":
+  def from_options(cls, evaluator_options, dataset, output_size=None) -> "PostProcessor":
     """Builds from an `EvaluatorOptions` message and a `DatasetDescriptor`."""
     return cls(PostProcessingOptions.from_evaluator_options(evaluator_options),
                dataset.thing_class_ids, dataset.stuff_class_ids, dataset.ignore_label,
                dataset.panoptic_label_divisor, output_size)
 
-  def __call__(self, mask_logits: tf.Tensor, class_logits: tf.Tensor) -> dict[str, tf.Tensor]:
+  def __call__(self, mask_logits: tf.Tensor, class_logits: tf.Tensor,
+               output_size=None) -> dict[str, tf.Tensor]:
     """Args: mask_logits `[B, h, w, N]` (stride 4 of the padded size), class_logits `[B, N, C]`
-    with C = #things + #stuff + 1 (void last). Returns the dict described in the class doc."""
+    with C = #things + #stuff + 1 (void last), output_size (H, W) when not given at
+    construction. Returns the dict described in the class doc."""
+    if output_size is None:
+      output_size = self.output_size
+    if output_size is None:
+      raise ValueError("PostProcessor needs an output_size, at construction or per call")
     mask_logits = tf.convert_to_tensor(mask_logits, tf.float32)
     class_logits = tf.convert_to_tensor(class_logits, tf.float32)
     self._check_shapes(mask_logits, class_logits)
     class_probs = tf.nn.softmax(class_logits, axis=-1)[..., :-1]
     class_pred = tf.argmax(class_probs, axis=-1, output_type=tf.int32)  # [B, N]
     class_conf = tf.reduce_max(class_probs, axis=-1)  # [B, N]
-    full_logits = geometry.resize_align_corners(mask_logits, self.output_size)  # [B, H, W, N]
+    full_logits = geometry.resize_align_corners(mask_logits, output_size)  # [B, H, W, N]
 
     if self.options.method == "maskwise":
       mask_id, confident, instance_scores, semantic_scores, class_pred_by_id = self._maskwise(

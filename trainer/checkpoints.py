@@ -46,17 +46,31 @@ class ModelVariables(tf.Module):
   included, under readable names.
   """
 
-  def __init__(self, model):
+  def __init__(self, model, include_seed_states: bool = True):
+    """`include_seed_states=False` leaves out the RNG states of dropout/drop-path layers.
+
+    Keras names those states by a process-wide counter (`seed_generator_<n>`), not by their
+    layer, so they line up only between processes that build the same objects in the same order
+    (a resumed training run does); loading weights into a second model built in the same
+    process (export after training) must skip them.
+    """
     super().__init__(name="model_variables")
     by_path = {}
     prefix = f"{model.name}/"
     for variable in model.variables:
+      if not include_seed_states and is_seed_state(variable):
+        continue
       # Relative to the model, so auto-uniquified model names ("model_1") do not matter.
       key = variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
       if key in by_path and by_path[key] is not variable:
         raise ValueError(f"Two variables of {model.name} share the path {key!r}")
       by_path[key] = variable
     self.by_path = by_path
+
+
+def is_seed_state(variable) -> bool:
+  """Whether `variable` is the state of a `keras.random.SeedGenerator`."""
+  return variable.path.rsplit("/", 1)[-1] == "seed_generator_state"
 
 
 def restore_model_variables(model, path: str, require_all: bool = True) -> None:
@@ -73,7 +87,7 @@ def restore_model_variables(model, path: str, require_all: bool = True) -> None:
     if latest is None:
       raise FileNotFoundError(f"No checkpoint in directory {path}")
     path = latest
-  node = ModelVariables(model)
+  node = ModelVariables(model, include_seed_states=False)
   status = tf.train.Checkpoint(model=node).restore(path).expect_partial()
   if require_all:
     status.assert_existing_objects_matched()

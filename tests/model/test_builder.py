@@ -58,6 +58,8 @@ def test_cityscapes_axial_r50_matches_deeplab2_measurement():
      {"backbone": 23508032, "pixel_decoder": 21180608, "aux_semantic": 584979}),
     ("ade20k/kmax_deeplab/kmax_meta_r50_os32.textproto", 72471814, 213934,
      {"transformer_decoder": 10706016 + 1067670, "heads": 177945, "aux_semantic": 15861111}),
+    ("coco/kmax_deeplab/kmax_meta_convnext_tiny_os32.textproto", 67265502, 164910,
+     {"backbone": 27818592, "pixel_decoder": 21197440, "aux_semantic": 6328422}),
 ])
 def test_more_configs_match_deeplab2_measurements(relative, trainable, non_trainable,
                                                   components):

@@ -17,28 +17,42 @@ def keep_prob_for_stage(keep_prob_last_stage: float, schedule: str, stage: int,
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
 class DropPath(keras.layers.Layer):
-  """Training: `x * floor(keep + U[0,1)) / keep` with one draw per sample (mask `[B, 1, ...]`).
+  """Stochastic depth: drops the whole residual branch per sample while training.
 
-  Inference, or keep_prob == 1: identity.
+  Training output is `x * floor(keep + U[0, 1)) / keep` with one uniform draw per sample (mask
+  shape `[B, 1, ..., 1]`), so each sample is either zeroed or scaled by `1 / keep` and the
+  expectation is unchanged. Inference (and `keep == 1`) returns `x` unchanged.
+
+  Args:
+    keep_prob: probability of keeping a sample's branch, in (0, 1].
+    seed: optional int seed for the mask draws.
+
+  Input/output: `[B, ...]`, same shape and dtype.
   """
 
   def __init__(self, keep_prob: float = 1.0, seed: int | None = None, **kwargs):
     super().__init__(**kwargs)
     if not 0.0 < keep_prob <= 1.0:
-      raise ValueError(f"{self.name}: keep_prob must be in (0, 1], got {keep_prob}")
-    self.keep_prob = keep_prob
+      raise ValueError(f"DropPath '{self.name}': keep_prob must be in (0, 1], got {keep_prob}.")
+    self.keep_prob = float(keep_prob)
     self.seed = seed
-    self._seed_generator = keras.random.SeedGenerator(seed) if keep_prob < 1.0 else None
+    # Only stochastic layers carry a seed-state variable (identity ones stay variable-free).
+    self.seed_generator = keras.random.SeedGenerator(seed) if self.keep_prob < 1.0 else None
 
   def call(self, inputs, training=None):
-    if not training or self.keep_prob >= 1.0:
+    if not training or self.keep_prob == 1.0:
       return inputs
-    shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
-    noise = keras.random.uniform(shape, dtype=inputs.dtype, seed=self._seed_generator)
-    mask = ops.floor(self.keep_prob + noise)
-    return inputs * mask / ops.cast(self.keep_prob, inputs.dtype)
+    mask_shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+    # The mask is drawn in float32: bfloat16 cannot represent keep + U[0, 1) finely enough
+    # to keep the drop probability equal to 1 - keep.
+    uniform = keras.random.uniform(mask_shape, dtype="float32", seed=self.seed_generator)
+    mask = ops.floor(self.keep_prob + uniform) / self.keep_prob
+    return inputs * ops.cast(mask, inputs.dtype)
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
 
   def get_config(self):
     config = super().get_config()
-    config.update(keep_prob=self.keep_prob, seed=self.seed)
+    config.update({"keep_prob": self.keep_prob, "seed": self.seed})
     return config

@@ -1,0 +1,35 @@
+"""`kmax-tf export --config_file F --checkpoint C --output_dir D`: SavedModel for TF Serving."""
+from __future__ import annotations
+
+import json
+import sys
+
+from kmax_tf.commands import config as config_command
+
+
+def register(subparsers) -> None:
+  parser = subparsers.add_parser(
+      "export", help="Write a SavedModel (signatures serving_default [H,W,3] and serving_batch "
+      "[B,H,W,3], uint8, any size) with post-processing.")
+  parser.add_argument("--config_file", required=True, metavar="FILE")
+  parser.add_argument("--checkpoint", required=True,
+                      help="kmax-tf checkpoint prefix, or a directory (its latest checkpoint).")
+  parser.add_argument("--output_dir", required=True, help="SavedModel directory to write.")
+  parser.add_argument("--override", action="append", default=[], metavar="NAME=VALUE",
+                      help="Value for a ${NAME} placeholder (repeatable).")
+  parser.set_defaults(handler=_export)
+
+
+def _export(args) -> int:
+  from kmax_tf import config, export  # pylint: disable=import-outside-toplevel
+  try:
+    # Data paths are irrelevant to an export: placeholders may stay unresolved.
+    options = config.load_config(args.config_file,
+                                 config_command.parse_overrides(args.override))
+    export.export_saved_model(options, args.checkpoint, args.output_dir)
+  except (config.ConfigError, ValueError, FileNotFoundError, AssertionError) as error:
+    print(f"kmax-tf export: {error}", file=sys.stderr)
+    return 1
+  print(json.dumps({"saved_model": args.output_dir,
+                    "signatures": [export.DEFAULT_SIGNATURE, export.BATCH_SIGNATURE]}))
+  return 0

@@ -1,0 +1,189 @@
+"""SavedModel export of a kMaX model with post-processing, for TF Serving and plain TensorFlow.
+
+Signatures (deeplab2's `serving_default`, plus a batched one):
+
+- `serving_default`: `input_tensor` uint8 `[H, W, 3]` (one RGB image, no batch dimension).
+- `serving_batch`: `input_tensor` uint8 `[B, H, W, 3]` (images of one size).
+
+Outputs, batch-first (batch 1 for `serving_default`):
+  `panoptic_pred`, `semantic_pred`, `instance_pred` int32 `[B, H, W]` and `semantic_scores`,
+  `instance_scores` float32 `[B, H, W]` at the input size; the raw model outputs
+  `pixel_space_mask_logits` `[B, h, w, N]`, `pixel_space_normalized_feature` `[B, h, w, E]`,
+  `semantic_logits` `[B, hs, ws, K]` (at strides of the padded input) and
+  `transformer_class_logits` `[B, N, C]`.
+
+Unlike deeplab2, one export serves every input size: images are not resized into the eval crop.
+The model pads each input bottom/right to the next `32k + 1` size (with the value 127.5 in image
+space), post-processing runs at that padded size and the maps are cropped back. The area limits
+of `evaluator_options` (`thing_area_limit`, `stuff_area_limit`) therefore count pixels of the
+padded input at its own scale, not of a resized crop: tune them for the image sizes you serve.
+
+The SavedModel holds only TensorFlow functions and variables: loading it needs TensorFlow, not
+kmax_tf. `assets.extra/kmax_tf.json` records the dataset and thresholds for `kmax-tf predict`.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from kmax_tf.model import builder
+from kmax_tf import postprocess
+
+DEFAULT_SIGNATURE = "serving_default"
+BATCH_SIGNATURE = "serving_batch"
+INPUT_KEY = "input_tensor"
+RAW_OUTPUT_KEYS = ("pixel_space_mask_logits", "pixel_space_normalized_feature",
+                   "transformer_class_logits", "semantic_logits")
+# TF Serving ignores `assets.extra`; it is the SavedModel place for caller-side metadata.
+METADATA_FILE = os.path.join("assets.extra", "kmax_tf.json")
+
+
+def inference_options(options):
+  """A copy of `ExperimentOptions` for inference: backbone drop path off (as deeplab2 exports)."""
+  options = type(options).FromString(options.SerializeToString())
+  options.model_options.backbone.drop_path_keep_prob = 1.0
+  return options
+
+
+def build_inference_model(options, checkpoint: str):
+  """Builds the model of `options` for inference and loads a kmax-tf training checkpoint
+  (a prefix or a directory holding checkpoints)."""
+  from kmax_tf.trainer import checkpoints  # pylint: disable=import-outside-toplevel
+  path = tf.train.latest_checkpoint(checkpoint) if tf.io.gfile.isdir(checkpoint) else checkpoint
+  if path is None:
+    raise FileNotFoundError(f"No checkpoint in directory {checkpoint}")
+  if not tf.io.gfile.exists(f"{path}.index"):
+    raise FileNotFoundError(f"No checkpoint {path} ({path}.index is missing)")
+  model = builder.build_model(inference_options(options))
+  checkpoints.restore_model_variables(model, path)
+  return model
+
+
+class InferenceModel:
+  """Model + post-processing for uint8 images of any size (the function the SavedModel serves).
+
+  Args:
+    model: a kMaX model (`kmax_tf.model.builder.build_model`).
+    dataset: its `DatasetDescriptor`.
+    evaluator_options: `EvaluatorOptions` with the post-processing thresholds.
+  """
+
+  def __init__(self, model, dataset, evaluator_options):
+    self.model = model
+    self.dataset = dataset
+    self.postprocessor = postprocess.PostProcessor.from_options(evaluator_options, dataset)
+    self.serve_batch = tf.function(
+        self._predict_batch, autograph=False,
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_KEY)])
+    self.serve_image = tf.function(
+        self._predict_image, autograph=False,
+        input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name=INPUT_KEY)])
+
+  def _predict_batch(self, input_tensor):
+    """uint8 `[B, H, W, 3]` -> the output dict of the module docstring."""
+    size = tf.shape(input_tensor)[1:3]
+    with tf.control_dependencies([_assert_image_shape(input_tensor, rank=4)]):
+      images = tf.cast(input_tensor, tf.float32)
+    outputs = self.model(images, training=False)
+    mask_logits = outputs["pixel_space_mask_logits"]
+    # The model's outputs sit at a fixed stride of the padded input of 32k + 1 pixels.
+    stride = self.dataset.pixel_decoder_output_stride
+    padded_size = (tf.shape(mask_logits)[1:3] - 1) * stride + 1
+    predictions = self.postprocessor(mask_logits, outputs["transformer_class_logits"],
+                                     output_size=padded_size)
+    predictions = postprocess.undo_padding(predictions, size, size)
+    predictions.update({key: outputs[key] for key in RAW_OUTPUT_KEYS})
+    return predictions
+
+  def _predict_image(self, input_tensor):
+    """uint8 `[H, W, 3]` -> the output dict with batch 1."""
+    with tf.control_dependencies([_assert_image_shape(input_tensor, rank=3)]):
+      # A data dependency on the check: control dependencies alone do not order the ops of
+      # the (inlined) function called below.
+      input_tensor = tf.identity(input_tensor)
+    # Calls the batch function's graph instead of tracing the model a second time.
+    return self.serve_batch(tf.expand_dims(input_tensor, 0))
+
+  def __call__(self, images):
+    """Eager convenience: uint8 `[H, W, 3]` or `[B, H, W, 3]` -> dict of tensors, batch-first."""
+    images = tf.convert_to_tensor(images)
+    check_input(images, batched=images.shape.rank == 4)
+    return (self.serve_batch if images.shape.rank == 4 else self.serve_image)(images)
+
+
+def _assert_image_shape(input_tensor, rank: int):
+  """A run-time check of rank, channels and size.
+
+  Signatures check only the dtype of their inputs, not the declared shape.
+  """
+  expected = "[B, H, W, 3]" if rank == 4 else "[H, W, 3]"
+  shape = tf.shape(input_tensor)
+  valid = tf.size(shape) == rank
+  valid = tf.logical_and(valid, shape[-1] == 3)
+  valid = tf.logical_and(valid, tf.reduce_all(shape[-3:-1] > 0))
+  return tf.debugging.Assert(valid, [
+      f"{INPUT_KEY} must be a uint8 {expected} RGB image with at least one pixel; got shape",
+      shape])
+
+
+def check_input(images: tf.Tensor, batched: bool) -> None:
+  """Raises ValueError naming the problem if `images` is not uint8 `[H, W, 3]` (or
+  `[B, H, W, 3]` when `batched`)."""
+  expected = "[B, H, W, 3]" if batched else "[H, W, 3]"
+  rank = 4 if batched else 3
+  if images.dtype != tf.uint8:
+    raise ValueError(f"{INPUT_KEY} must be uint8 {expected} RGB, got dtype {images.dtype.name}")
+  if images.shape.rank != rank:
+    raise ValueError(f"{INPUT_KEY} must be uint8 {expected} RGB, got shape {images.shape}")
+  if images.shape[-1] != 3:
+    raise ValueError(f"{INPUT_KEY} must be uint8 {expected} RGB (3 channels), got shape "
+                     f"{images.shape}")
+
+
+def export_saved_model(options, checkpoint: str, output_dir: str) -> str:
+  """Writes the SavedModel of `options` with the weights of `checkpoint` to `output_dir`.
+
+  Returns `output_dir`.
+  """
+  return save_model(build_inference_model(options, checkpoint), options, output_dir)
+
+
+def save_model(model, options, output_dir: str) -> str:
+  """Writes the SavedModel of a built kMaX `model` (e.g. just trained, in memory) with the
+  post-processing of `options.evaluator_options` to `output_dir`; returns `output_dir`."""
+  dataset = builder.dataset_of(options)
+  inference = InferenceModel(model, dataset, options.evaluator_options)
+  # Only the signatures and the variables are saved: no Keras object and no other tf.function
+  # (saving those would retrace the model), so loading needs neither Keras classes nor kmax_tf.
+  # The variables are listed explicitly because TensorFlow's object graph misses Keras 3
+  # sub-layers kept in Python containers.
+  root = tf.Module()
+  root.model_variables = list(inference.model.variables)
+  tf.saved_model.save(root, output_dir, signatures={
+      DEFAULT_SIGNATURE: inference.serve_image.get_concrete_function(),
+      BATCH_SIGNATURE: inference.serve_batch.get_concrete_function()})
+  write_metadata(output_dir, dataset, options)
+  return output_dir
+
+
+def write_metadata(output_dir: str, dataset, options) -> None:
+  """`assets.extra/kmax_tf.json`: the dataset name and the settings the export used."""
+  from google.protobuf import text_format  # pylint: disable=import-outside-toplevel
+  path = os.path.join(output_dir, METADATA_FILE)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump({"dataset": dataset.name, "signatures": [DEFAULT_SIGNATURE, BATCH_SIGNATURE],
+               "evaluator_options": text_format.MessageToString(options.evaluator_options)},
+              f, indent=1)
+
+
+def read_metadata(saved_model_dir: str) -> dict:
+  """The metadata `export_saved_model` wrote; raises FileNotFoundError for other SavedModels."""
+  path = os.path.join(saved_model_dir, METADATA_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: {saved_model_dir} was not written by "
+                            "`kmax-tf export`")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)

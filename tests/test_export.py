@@ -1,0 +1,184 @@
+"""SavedModel export: round trip against the Keras model + PostProcessor, batched signature,
+loading without kmax_tf, saved_model_cli, input errors.
+
+One export per module (`kmax-tf export` on a checkpoint of a freshly initialised micro model);
+the reference is the in-memory model whose weights the checkpoint holds.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kmax_tf import cli, config, configs, export, geometry, postprocess, predict
+from kmax_tf.model import builder
+from kmax_tf.trainer import checkpoints
+
+_CONFIG = configs.config_path("synthetic/kmax_micro.textproto")
+_OVERRIDES = {"DATA_DIR": "/unused", "EXPERIMENT_NAME": "export_test"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  root = tmp_path_factory.mktemp("export")
+  options = config.load_config(_CONFIG, _OVERRIDES)
+  model = builder.build_model(options)
+  # Non-trivial batch-norm statistics, so a weight the export failed to load would show.
+  rng = np.random.default_rng(0)
+  for variable in model.variables:
+    if "moving_mean" in variable.path:
+      variable.assign(rng.normal(0, 0.1, variable.shape).astype("float32"))
+  prefix = tf.train.Checkpoint(model=checkpoints.ModelVariables(model)).save(
+      str(root / "ckpt" / "ckpt"))
+  output_dir = str(root / "saved_model")
+  assert cli.main(["export", "--config_file", str(_CONFIG), "--checkpoint", prefix,
+                   "--output_dir", output_dir] +
+                  [f"--override={k}={v}" for k, v in _OVERRIDES.items()]) == 0
+  return {"options": options, "model": model, "dir": output_dir,
+          "loaded": tf.saved_model.load(output_dir)}
+
+
+def _images(shape, seed):
+  return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _reference(model, options, image):
+  """Keras model + PostProcessor at the static padded size + crop, as the evaluator does."""
+  outputs = model(tf.constant(image[None], tf.float32), training=False)
+  height, width = image.shape[:2]
+  processor = postprocess.PostProcessor.from_options(
+      options.evaluator_options, builder.dataset_of(options),
+      (geometry.padded_length(height), geometry.padded_length(width)))
+  predictions = processor(outputs["pixel_space_mask_logits"],
+                          outputs["transformer_class_logits"])
+  predictions = postprocess.undo_padding(predictions, (height, width), (height, width))
+  predictions.update({key: outputs[key] for key in export.RAW_OUTPUT_KEYS})
+  return predictions
+
+
+@pytest.mark.parametrize("size", [(65, 65), (50, 77)])
+def test_serving_default_equals_keras_model_and_postprocessor(exported, size):
+  image = _images(size + (3,), seed=size[1])
+  served = exported["loaded"].signatures["serving_default"](input_tensor=tf.constant(image))
+  expected = _reference(exported["model"], exported["options"], image)
+  assert set(served) == set(predict.PREDICTION_KEYS + export.RAW_OUTPUT_KEYS)
+  for key in ("panoptic_pred", "semantic_pred", "instance_pred"):
+    assert served[key].dtype == tf.int32 and served[key].shape == (1,) + size
+    np.testing.assert_array_equal(served[key], expected[key], err_msg=key)
+  for key in ("semantic_scores", "instance_scores") + export.RAW_OUTPUT_KEYS:
+    assert served[key].dtype == tf.float32
+    np.testing.assert_allclose(served[key], expected[key], atol=1e-4, err_msg=key)
+  # Raw outputs sit at stride 4 of the padded input (65 -> 17, 77 -> 97 -> 25).
+  padded = [geometry.padded_length(s) for s in size]
+  assert served["pixel_space_mask_logits"].shape == (1, (padded[0] - 1) // 4 + 1,
+                                                     (padded[1] - 1) // 4 + 1, 8)
+  assert served["transformer_class_logits"].shape == (1, 8, 7)
+  # The raw maps vary (an untrained model's id maps may be constant).
+  assert np.ptp(served["pixel_space_mask_logits"]) > 0.01
+
+
+def test_batched_signature_equals_per_image_calls(exported):
+  images = _images((2, 50, 77, 3), seed=3)
+  batched = exported["loaded"].signatures["serving_batch"](input_tensor=tf.constant(images))
+  for index in range(2):
+    single = exported["loaded"].signatures["serving_default"](
+        input_tensor=tf.constant(images[index]))
+    for key, value in single.items():
+      assert batched[key].shape[0] == 2
+      if value.dtype == tf.int32:
+        np.testing.assert_array_equal(batched[key][index], value[0], err_msg=key)
+      else:
+        np.testing.assert_allclose(batched[key][index], value[0], atol=1e-4, err_msg=key)
+
+
+def test_loads_and_serves_without_kmax_tf(exported):
+  script = textwrap.dedent(f"""
+      import json, sys
+      sys.modules["kmax_tf"] = None  # any import of kmax_tf now fails
+      import numpy as np, tensorflow as tf
+      serve = tf.saved_model.load({exported["dir"]!r}).signatures["serving_default"]
+      out = serve(input_tensor=tf.zeros([40, 30, 3], tf.uint8))
+      print(json.dumps({{k: v.shape.as_list() for k, v in out.items()}}))
+      """)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  shapes = json.loads(result.stdout.strip().splitlines()[-1])
+  assert shapes["panoptic_pred"] == [1, 40, 30] and shapes["instance_scores"] == [1, 40, 30]
+  assert shapes["transformer_class_logits"] == [1, 8, 7]
+
+
+@pytest.mark.skipif(shutil.which("saved_model_cli") is None, reason="saved_model_cli not found")
+def test_saved_model_cli_describes_both_signatures(exported):
+  result = subprocess.run(["saved_model_cli", "show", "--dir", exported["dir"], "--all"],
+                          capture_output=True, text=True, check=False, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  text = result.stdout
+  assert "signature_def['serving_default']" in text and "signature_def['serving_batch']" in text
+  assert "dtype: DT_UINT8" in text and "shape: (-1, -1, 3)" in text
+  assert "shape: (-1, -1, -1, 3)" in text
+  for key in ("panoptic_pred", "semantic_pred", "instance_pred", "semantic_scores",
+              "instance_scores", "semantic_logits", "pixel_space_mask_logits",
+              "pixel_space_normalized_feature", "transformer_class_logits"):
+    assert f"outputs['{key}']" in text
+
+
+@pytest.mark.parametrize("signature,bad,message", [
+    ("serving_default", tf.zeros([5, 5, 3], tf.float32), "expected to be a uint8 tensor"),
+    ("serving_default", tf.zeros([5, 5], tf.uint8), r"\[H, W, 3\].*got shape\] \[5 5\]"),
+    ("serving_default", tf.zeros([5, 5, 4], tf.uint8), r"\[H, W, 3\].*\[5 5 4\]"),
+    ("serving_default", tf.zeros([0, 5, 3], tf.uint8), r"at least one pixel.*\[0 5 3\]"),
+    ("serving_batch", tf.zeros([1, 5, 5, 1], tf.uint8), r"\[B, H, W, 3\].*got shape\] \[1 5 5"),
+])
+def test_bad_inputs_get_clear_errors(exported, signature, bad, message):
+  with pytest.raises((TypeError, tf.errors.InvalidArgumentError), match=message):
+    exported["loaded"].signatures[signature](input_tensor=bad)
+
+
+def test_metadata_names_the_dataset_and_predictor_matches_signature(exported):
+  metadata = export.read_metadata(exported["dir"])
+  assert metadata["dataset"] == "synthetic_panoptic"
+  assert "pixel_confidence_threshold: 0.4" in metadata["evaluator_options"]
+  predict_fn, dataset = predict.saved_model_predictor(exported["dir"])
+  assert dataset.name == "synthetic_panoptic"
+  image = _images((33, 40, 3), seed=5)
+  served = exported["loaded"].signatures["serving_default"](input_tensor=tf.constant(image))
+  predictions = predict_fn(image)
+  np.testing.assert_array_equal(predictions["panoptic_pred"], served["panoptic_pred"][0])
+
+
+def test_read_metadata_of_foreign_directory(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not written by `kmax-tf export`"):
+    export.read_metadata(str(tmp_path))
+
+
+@pytest.mark.parametrize("images,batched,message", [
+    (tf.zeros([4, 4, 3], tf.float32), False, "got dtype float32"),
+    (tf.zeros([4, 4], tf.uint8), False, r"got shape \(4, 4\)"),
+    (tf.zeros([4, 4, 1], tf.uint8), False, "3 channels"),
+    (tf.zeros([2, 4, 4, 4], tf.uint8), True, r"\[B, H, W, 3\] RGB \(3 channels\)"),
+])
+def test_check_input_names_the_problem(images, batched, message):
+  with pytest.raises(ValueError, match=message):
+    export.check_input(images, batched)
+
+
+def test_inference_options_turn_backbone_drop_path_off():
+  options = config.load_config(_CONFIG, _OVERRIDES)
+  options.model_options.backbone.drop_path_keep_prob = 0.8
+  inference = export.inference_options(options)
+  assert inference.model_options.backbone.drop_path_keep_prob == 1.0
+  assert options.model_options.backbone.drop_path_keep_prob == pytest.approx(0.8)
+  assert inference.evaluator_options == options.evaluator_options
+
+
+def test_export_command_reports_missing_checkpoint(tmp_path, capsys):
+  assert cli.main(["export", "--config_file", str(_CONFIG), "--checkpoint", str(tmp_path),
+                   "--output_dir", str(tmp_path / "out")]) == 1
+  assert "No checkpoint in directory" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "out")

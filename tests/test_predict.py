@@ -1,0 +1,94 @@
+"""`kmax-tf predict` on synthetic images rendered to files; its output feeds `eval pq`."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from kmax_tf import cli, config, configs, predict
+from kmax_tf.data import synthetic
+from kmax_tf.datasets import get_dataset
+from kmax_tf.evaluation import evaluator, pq_files
+from kmax_tf.model import builder
+from kmax_tf.trainer import checkpoints
+
+_CONFIG = configs.config_path("synthetic/kmax_micro.textproto")
+DATASET = get_dataset("synthetic_panoptic")
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory):
+  root = tmp_path_factory.mktemp("predict")
+  options = config.load_config(_CONFIG, {"DATA_DIR": "/unused", "EXPERIMENT_NAME": "p"})
+  prefix = tf.train.Checkpoint(model=checkpoints.ModelVariables(
+      builder.build_model(options))).save(str(root / "ckpt" / "ckpt"))
+  images_dir, gt_dir = root / "images", root / "gt"
+  images_dir.mkdir()
+  annotations = []
+  for index in range(3):
+    image, panoptic = synthetic.draw_scene(synthetic.scene_rng(7, "val", index), 48 + 8 * index)
+    Image.fromarray(image).save(images_dir / f"img{index}.png")
+    annotations.append(evaluator.save_panoptic_png(str(gt_dir), f"img{index}", panoptic, DATASET))
+  evaluator.write_panoptic_json(str(gt_dir), annotations, DATASET)
+  out = root / "out"
+  assert cli.main(["predict", "--config_file", str(_CONFIG), "--checkpoint", prefix,
+                   "--input", str(images_dir), "--output_dir", str(out), "--no_progress",
+                   "--override=DATA_DIR=/unused", "--override=EXPERIMENT_NAME=p"]) == 0
+  return {"out": out, "gt": gt_dir, "images": images_dir}
+
+
+def test_output_is_accepted_by_eval_pq(predicted):
+  results = pq_files.pq_compute(str(predicted["gt"] / "panoptic.json"),
+                                str(predicted["out"] / "panoptic.json"),
+                                str(predicted["gt"] / "panoptic"),
+                                str(predicted["out"] / "panoptic"))
+  assert results["num_images"] == 3
+  for group in ("All", "Things", "Stuff"):
+    for key in ("pq", "sq", "rq"):
+      assert 0.0 <= results[group][key] <= 1.0
+
+
+def test_files_written_per_image(predicted):
+  out = predicted["out"]
+  with open(out / "panoptic.json", encoding="utf-8") as f:
+    data = json.load(f)
+  assert [a["image_id"] for a in data["annotations"]] == ["img0", "img1", "img2"]
+  assert {c["id"] for c in data["categories"]} == set(range(1, 7))
+  for index, annotation in enumerate(data["annotations"]):
+    size = 48 + 8 * index
+    semantic = np.asarray(Image.open(out / "semantic" / f"img{index}.png"))
+    assert semantic.shape == (size, size) and semantic.max() < DATASET.num_classes
+    vis = np.asarray(Image.open(out / "vis" / f"img{index}.png"))
+    assert vis.shape == (size, size, 3)
+    for segment in annotation["segments_info"]:
+      assert segment["iscrowd"] == 0 and segment["area"] > 0 and len(segment["bbox"]) == 4
+
+
+def test_labelled_overlay_writes_class_names():
+  image = np.full((40, 60, 3), 128, np.uint8)
+  panoptic = np.full((40, 60), 1 * 256)  # one sky segment
+  plain = evaluator.panoptic_overlay(image, panoptic, DATASET)
+  labelled = predict.labelled_overlay(image, panoptic, DATASET)
+  changed = np.any(labelled != plain, axis=-1)
+  # Text is drawn around the centroid only.
+  assert changed.any() and not changed[:, :10].any() and not changed[:, -10:].any()
+
+
+def test_list_images_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    predict.list_images([str(tmp_path / "missing.png")])
+  with pytest.raises(ValueError, match="No image files"):
+    predict.list_images([str(tmp_path)])
+  (tmp_path / "a").mkdir()
+  Image.new("RGB", (4, 4)).save(tmp_path / "a" / "x.png")
+  Image.new("RGB", (4, 4)).save(tmp_path / "x.jpg")
+  with pytest.raises(ValueError, match="same name 'x'"):
+    predict.list_images([str(tmp_path / "a"), str(tmp_path / "x.jpg")])
+
+
+def test_config_without_checkpoint_is_rejected(tmp_path, capsys):
+  assert cli.main(["predict", "--config_file", str(_CONFIG), "--input", str(tmp_path),
+                   "--output_dir", str(tmp_path / "o")]) == 2
+  assert "needs --checkpoint" in capsys.readouterr().err
