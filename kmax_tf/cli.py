@@ -13,6 +13,7 @@ _COMMAND_MODULES = (
     "eval",
     "export",
     "predict",
+    "convert",
 )
 
 

@@ -1,0 +1,181 @@
+"""deeplab2 checkpoint conversion, on checkpoints with deeplab2's exact variable names and shapes.
+
+`tests/data/deeplab2_variables/*.json` list (key, shape) of checkpoints written by deeplab2 itself
+(see the README there). Each test writes a checkpoint with those keys and shapes and random
+values (no deeplab2 needed), converts it, and checks that the kmax-tf model restored from the
+converted checkpoint holds exactly the source tensors.
+"""
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kmax_tf import cli
+from kmax_tf import config
+from kmax_tf import configs
+from kmax_tf import convert_deeplab2
+from kmax_tf.model import builder
+from kmax_tf.trainer import checkpoints
+
+_LISTINGS = pathlib.Path(__file__).parent / "data" / "deeplab2_variables"
+_MODELS = {}
+_GLOBAL_STEP = 1234
+
+
+def _listing(name):
+  with open(_LISTINGS / f"{name}.json", encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _model(config_relative):
+  """One built model per config for the whole module (building a full-size model is slow)."""
+  if config_relative not in _MODELS:
+    options = config.load_config(configs.config_path(config_relative),
+                                 {"DATA_DIR": "unused", "EXPERIMENT_NAME": "unused"},
+                                 validate=False)
+    _MODELS[config_relative] = builder.build_model(options)
+  return _MODELS[config_relative]
+
+
+def _write_checkpoint(variables, prefix, seed=0):
+  """Writes a TF checkpoint with these raw keys; returns `{key: value}` of the model values.
+
+  Bookkeeping/optimizer entries are written as scalars: only their names matter to the converter
+  (it must skip them), and full-size optimizer slots would triple the test's I/O.
+  """
+  rng = np.random.default_rng(seed)
+  names, tensors, values = [], [], {}
+  for key, shape in variables:
+    if key == "_CHECKPOINTABLE_OBJECT_GRAPH":
+      continue
+    if convert_deeplab2.is_model_value(key):
+      value = rng.standard_normal(shape, dtype=np.float32)
+      values[key] = value
+    else:
+      value = np.array(_GLOBAL_STEP if key.startswith("global_step/") else 0, np.int64)
+    names.append(key)
+    tensors.append(tf.constant(value))
+  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                    tensors=tensors)
+  return values
+
+
+def _zero(variables):
+  for variable in variables:
+    variable.assign(tf.zeros(variable.shape, variable.dtype))
+
+
+def _assert_holds(model, values, form):
+  _, mapping = convert_deeplab2.build_mapping({k: v.shape for k, v in values.items()}, model)
+  by_path = checkpoints.ModelVariables(model).by_path
+  for key, value in values.items():
+    variable = by_path[mapping[key]]
+    np.testing.assert_array_equal(variable.numpy(), value.reshape(variable.shape),
+                                  err_msg=f"{form}: {key} -> {mapping[key]}")
+
+
+def _convert_and_check(model, listing, tmp_path):
+  values = _write_checkpoint(listing["variables"], str(tmp_path / "deeplab2" / "ckpt-1"))
+  form = listing["form"]
+  saved = convert_deeplab2.convert(model, str(tmp_path / "deeplab2" / "ckpt-1"),
+                                   str(tmp_path / "out"))
+  # The converter fills the model too; zero it so that only the written checkpoint can restore.
+  backbone_only = form != convert_deeplab2.FULL
+  _zero(model.encoder.variables if backbone_only else model.variables)
+  checkpoints.restore_model_variables(model, str(tmp_path / "out"), require_all=not backbone_only)
+  assert tf.train.latest_checkpoint(str(tmp_path / "out")) == saved
+  # deeplab2's step count is carried over (0 for backbone checkpoints, which have none).
+  step = tf.train.load_checkpoint(saved).get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE")
+  assert step == (0 if backbone_only else _GLOBAL_STEP)
+  _assert_holds(model, values, form)
+  return values
+
+
+@pytest.mark.parametrize("listing_name", ["coco_r50_os32_full", "coco_r50_os32_encoder",
+                                          "coco_r50_os32_garden"])
+def test_resnet50_checkpoints_convert_and_load(listing_name, tmp_path):
+  listing = _listing(listing_name)
+  model = _model(listing["kmax_tf_config"])
+  values = _convert_and_check(model, listing, tmp_path)
+  mapped = len(convert_deeplab2.build_mapping(
+      {k: v.shape for k, v in values.items()}, model)[1])
+  if listing["form"] == "full":
+    # Every model weight (all but RNG states) came from deeplab2.
+    assert mapped == len([v for v in model.variables if "seed_generator" not in v.path])
+    # The optimizer's variables, global_step and save_counter were in the checkpoint, skipped.
+    assert any(key.startswith("optimizer/") for key, _ in listing["variables"])
+  else:
+    assert mapped == len(model.encoder.variables)
+
+
+@pytest.mark.parametrize("listing_name", ["coco_convnext_tiny_os32_full",
+                                          "coco_convnext_tiny_os32_keras"])
+def test_convnext_checkpoints_convert_and_load(listing_name, tmp_path):
+  listing = _listing(listing_name)
+  _convert_and_check(_model(listing["kmax_tf_config"]), listing, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("listing_name", ["coco_axial_r50_os32_full",
+                                          "coco_axial_r50_os32_encoder",
+                                          "cityscapes_r50_os32_full"])
+def test_more_backbones_and_datasets_convert_and_load(listing_name, tmp_path):
+  listing = _listing(listing_name)
+  _convert_and_check(_model(listing["kmax_tf_config"]), listing, tmp_path)
+
+
+def test_every_problem_is_listed():
+  listing = _listing("coco_r50_os32_full")
+  model = _model(listing["kmax_tf_config"])
+  shapes = dict((key, shape) for key, shape in listing["variables"])
+  dropped = "pixel_decoder/_stages/1/_block3/_attention/_height_axis/qkv_kernel" \
+            "/.ATTRIBUTES/VARIABLE_VALUE"
+  del shapes[dropped]
+  shapes["encoder/_stage6/_block1/_conv/kernel/.ATTRIBUTES/VARIABLE_VALUE"] = [3, 3, 8, 8]
+  resized = "semantic_last_layer/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+  shapes[resized] = [1, 1, 256, 19]
+  with pytest.raises(convert_deeplab2.ConversionError) as error:
+    convert_deeplab2.build_mapping(shapes, model)
+  message = str(error.value)
+  assert "3 problem(s)" in message
+  assert "missing: kmax-tf variable pixel_decoder/stage1/block3/attention/height_axis/qkv_kernel" \
+         in message
+  assert "unmapped deeplab2 variable encoder/_stage6/_block1/_conv/kernel" in message
+  assert f"shape mismatch: deeplab2 {resized} [1, 1, 256, 19]" in message
+
+
+def test_initial_checkpoint_accepts_deeplab2_and_kmax_tf_formats(tmp_path):
+  listing = _listing("coco_r50_os32_encoder")
+  model = _model(listing["kmax_tf_config"])
+  values = _write_checkpoint(listing["variables"], str(tmp_path / "imagenet" / "ckpt-7"), seed=1)
+  # SaveV2 writes no `checkpoint` index file, so the prefix is given, not the directory.
+  assert convert_deeplab2.is_deeplab2_checkpoint(str(tmp_path / "imagenet" / "ckpt-7"))
+  _zero(model.encoder.variables)
+  convert_deeplab2.load_initial_checkpoint(model, str(tmp_path / "imagenet" / "ckpt-7"))
+  _assert_holds(model, values, "encoder")
+
+  # A kmax-tf checkpoint (here: the model as it now is) goes through restore_model_variables.
+  saved = tf.train.Checkpoint(model=checkpoints.ModelVariables(model)).save(
+      str(tmp_path / "kmax" / "ckpt"))
+  assert not convert_deeplab2.is_deeplab2_checkpoint(saved)
+  _zero(model.encoder.variables)
+  convert_deeplab2.load_initial_checkpoint(model, str(tmp_path / "kmax"))
+  _assert_holds(model, values, "kmax-tf")
+
+
+def test_cli_reports_mismatches_and_exits_nonzero(tmp_path, capsys):
+  # deeplab2's full-width ResNet-50 stem does not fit the tiny config's quarter-width backbone.
+  stem = [[key, shape] for key, shape in _listing("coco_r50_os32_encoder")["variables"]
+          if key.startswith("encoder/_stem/")]
+  _write_checkpoint(stem, str(tmp_path / "ckpt-1"))
+  code = cli.main(["convert", "deeplab2",
+                   "--config_file", str(configs.config_path("synthetic/kmax_tiny.textproto")),
+                   "--checkpoint", str(tmp_path / "ckpt-1"), "--output_dir", str(tmp_path / "o")])
+  assert code == 1
+  err = capsys.readouterr().err
+  assert "shape mismatch: deeplab2 encoder/_stem/_conv/kernel/.ATTRIBUTES/VARIABLE_VALUE " \
+         "[7, 7, 3, 64] vs kmax-tf resnet50/stem/conv/kernel [7, 7, 3, 16]" in err
+  assert "missing: kmax-tf variable resnet50/stage2/block1/conv1_bn_act/conv/kernel" in err
+  assert not (tmp_path / "o").exists()
