@@ -41,6 +41,7 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
   restarted run resumes from the newest readable checkpoint there.
   """
   # Imported here so that `kmax_tf.trainer` stays importable without building models.
+  from kmax_tf import convert_deeplab2  # pylint: disable=import-outside-toplevel
   from kmax_tf.data import reader  # pylint: disable=import-outside-toplevel
   from kmax_tf.losses import kmax_loss  # pylint: disable=import-outside-toplevel
   from kmax_tf.model import builder  # pylint: disable=import-outside-toplevel
@@ -94,8 +95,9 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
 
     init_fn = None
     if options.model_options.initial_checkpoint:
-      init_fn = lambda: checkpoints.restore_model_variables(
-          model, options.model_options.initial_checkpoint, require_all=False)
+      # A deeplab2 backbone/full checkpoint or a kmax-tf one; the format is detected.
+      init_fn = lambda: convert_deeplab2.load_initial_checkpoint(
+          model, options.model_options.initial_checkpoint)
     manager = checkpoints.ResilientCheckpointManager(
         tf.train.Checkpoint(**checkpoint_items), directory=model_dir,
         max_to_keep=trainer_options.num_checkpoints_to_keep, step_counter=global_step,
