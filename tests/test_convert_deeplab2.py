@@ -110,6 +110,7 @@ def test_resnet50_checkpoints_convert_and_load(listing_name, tmp_path):
     assert mapped == len(model.encoder.variables)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("listing_name", ["coco_convnext_tiny_os32_full",
                                           "coco_convnext_tiny_os32_keras"])
 def test_convnext_checkpoints_convert_and_load(listing_name, tmp_path):

@@ -40,6 +40,7 @@ def _check_totals(relative, trainable, non_trainable, components):
   assert sum(c[1] for c in counts.values()) == non_trainable
 
 
+@pytest.mark.slow
 def test_cityscapes_axial_r50_matches_deeplab2_measurement():
   # params.json, cityscapes/kmax_meta_axial_r50_os32: Axial-ResNet-50 encoder, 5-stage pixel
   # decoder (output stride 2), N = 256, no ASPP decoder; decoder 10,738,784 + predictors 865,668.
