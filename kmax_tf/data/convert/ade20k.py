@@ -40,16 +40,12 @@ def split_jobs(root: str, split: str, treat_crowd_as_ignore: bool = True):
 def convert(root: str, output_dir: str, splits=("train", "val"), *, num_shards: int = 1000,
             workers: int = 2, treat_crowd_as_ignore: bool = True,
             full_check: bool = False) -> list[dict]:
-  descriptor = datasets.get_dataset("ade20k_panoptic")
-  return [panoptic.write_split(split_jobs(root, split, treat_crowd_as_ignore),
-                               panoptic.make_record, output_dir=output_dir, split=split,
-                               num_shards=num_shards, workers=workers, descriptor=descriptor,
-                               full_check=full_check)
-          for split in splits]
+  """Converts the splits; returns one summary per split."""
+  return panoptic.convert_splits(
+      "ade20k_panoptic", lambda split, crowd: split_jobs(root, split, crowd), output_dir, splits,
+      num_shards=num_shards, workers=workers, treat_crowd_as_ignore=treat_crowd_as_ignore,
+      full_check=full_check)
 
 
 def run(args) -> dict:
-  return {"dataset": "ade20k_panoptic", "output_dir": args.output_dir, "splits": convert(
-      args.ade20k_root, args.output_dir, args.splits, num_shards=args.num_shards,
-      workers=args.workers, treat_crowd_as_ignore=not args.keep_crowd,
-      full_check=args.full_check)}
+  return panoptic.run_converter("ade20k_panoptic", convert, args.ade20k_root, args)

@@ -45,16 +45,11 @@ def convert(coco_root: str, output_dir: str, splits=("train", "val"), *, num_sha
             workers: int = 2, treat_crowd_as_ignore: bool = True,
             full_check: bool = False) -> list[dict]:
   """Converts the splits; returns one summary per split."""
-  descriptor = datasets.get_dataset("coco_panoptic")
-  return [panoptic.write_split(split_jobs(coco_root, split, treat_crowd_as_ignore),
-                               panoptic.make_record, output_dir=output_dir, split=split,
-                               num_shards=num_shards, workers=workers, descriptor=descriptor,
-                               full_check=full_check)
-          for split in splits]
+  return panoptic.convert_splits(
+      "coco_panoptic", lambda split, crowd: split_jobs(coco_root, split, crowd), output_dir, splits,
+      num_shards=num_shards, workers=workers, treat_crowd_as_ignore=treat_crowd_as_ignore,
+      full_check=full_check)
 
 
 def run(args) -> dict:
-  return {"dataset": "coco_panoptic", "output_dir": args.output_dir, "splits": convert(
-      args.coco_root, args.output_dir, args.splits, num_shards=args.num_shards,
-      workers=args.workers, treat_crowd_as_ignore=not args.keep_crowd,
-      full_check=args.full_check)}
+  return panoptic.run_converter("coco_panoptic", convert, args.coco_root, args)

@@ -21,6 +21,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from kmax_tf import datasets
 from kmax_tf.data import reader, shards, tfexample
 
 
@@ -213,3 +214,22 @@ def coco_format_jobs(image_paths: Sequence[str], annotations_json: str | None,
         divisor=divisor, treat_crowd_as_ignore=treat_crowd_as_ignore,
         image_format=image_format))
   return jobs
+
+
+def convert_splits(dataset_name: str, split_jobs: Callable, output_dir: str,
+                   splits: Sequence[str], *, num_shards: int, workers: int,
+                   treat_crowd_as_ignore: bool, full_check: bool) -> list[dict]:
+  """Writes every split of a panoptic dataset; `split_jobs(split, treat_crowd_as_ignore)` lists
+  its `PanopticJob`s. Returns one summary per split."""
+  descriptor = datasets.get_dataset(dataset_name)
+  return [write_split(split_jobs(split, treat_crowd_as_ignore), make_record,
+                      output_dir=output_dir, split=split, num_shards=num_shards,
+                      workers=workers, descriptor=descriptor, full_check=full_check)
+          for split in splits]
+
+
+def run_converter(dataset_name: str, convert: Callable, root: str, args) -> dict:
+  """The `kmax-tf data convert` result of one official-dataset converter."""
+  return {"dataset": dataset_name, "output_dir": args.output_dir, "splits": convert(
+      root, args.output_dir, args.splits, num_shards=args.num_shards, workers=args.workers,
+      treat_crowd_as_ignore=not args.keep_crowd, full_check=args.full_check)}
