@@ -301,13 +301,19 @@ def test_loss_and_backward_compile_with_xla():
   outputs = _outputs(rng, batch=1, num_aux=1)
   options = _options()
   del options.model_options.max_deeplab.transformer_decoder_num_blocks[1:]
-  loss = kmax_loss.build_loss(options)
-  eager_total, _ = _gradients(loss, targets, outputs)
-  total, gradients = tf.function(lambda o: _gradients(loss, targets, o), jit_compile=True)(
-      tf.nest.map_structure(tf.constant, outputs))
+  loss = kmax_loss.build_loss(options, seed=11)
+  constant_outputs = tf.nest.map_structure(tf.constant, outputs)
+  compiled = tf.function(lambda o: _gradients(loss, targets, o), jit_compile=True)
+  total, gradients = compiled(constant_outputs)
+  assert np.isfinite(total.numpy())
   assert all(np.all(np.isfinite(g.numpy())) for g in tf.nest.flatten(gradients))
-  # Instance discrimination samples differently each call; the rest is deterministic.
-  np.testing.assert_allclose(total, eager_total, rtol=0.2)
+  # XLA's stateless RNG is a different generator than TF's kernels, so instance discrimination
+  # draws other pixels when compiled; every other term must agree with eager execution.
+  loss.instance_discrimination = None
+  eager_total, _ = _gradients(loss, targets, outputs)
+  deterministic_total, _ = tf.function(lambda o: _gradients(loss, targets, o),
+                                       jit_compile=True)(constant_outputs)
+  np.testing.assert_allclose(deterministic_total, eager_total, rtol=1e-4)
 
 
 @pytest.mark.parametrize("mutate, message", [
