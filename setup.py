@@ -36,7 +36,8 @@ setuptools.setup(
     python_requires=">=3.11",
     packages=_packages(),
     package_dir=_PACKAGE_DIRS,
-    package_data={"kmax_tf.configs": ["*/*.textproto", "*/*/*.textproto"]},
+    package_data={"kmax_tf": ["dataset_metadata/*.json"],
+                  "kmax_tf.configs": ["*/*.textproto", "*/*/*.textproto"]},
     install_requires=[
         "tensorflow==2.20.*",
         "tf-models-official==2.20.*",
