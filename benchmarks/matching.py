@@ -8,7 +8,6 @@ with 6 auxiliary outputs, batch 2, jit-compiled.
 """
 import json
 import os
-import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -19,15 +18,9 @@ import tensorflow as tf  # noqa: E402
 
 from kmax_tf.losses.kmax_loss import KMaXLoss, TermOptions  # noqa: E402
 from kmax_tf.ops import batched_linear_sum_assignment  # noqa: E402
+import timing  # benchmarks/timing.py, next to this script
 
 
-def _median_time(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def _matcher(rng, num_cols, repeats=5):
@@ -37,10 +30,10 @@ def _matcher(rng, num_cols, repeats=5):
   xla = tf.function(batched_linear_sum_assignment, jit_compile=True)
   graph = tf.function(batched_linear_sum_assignment)
   xla(one).numpy(), xla(batch).numpy(), graph(one).numpy()  # compile / trace
-  scipy_time = _median_time(lambda: scipy.optimize.linear_sum_assignment(costs[0]), repeats * 4)
-  xla_time = _median_time(lambda: xla(one).numpy(), repeats)
-  xla_batch_time = _median_time(lambda: xla(batch).numpy(), repeats) / len(costs)
-  graph_time = _median_time(lambda: graph(one).numpy(), repeats)
+  scipy_time = timing.median_seconds(lambda: scipy.optimize.linear_sum_assignment(costs[0]), repeats * 4)
+  xla_time = timing.median_seconds(lambda: xla(one).numpy(), repeats)
+  xla_batch_time = timing.median_seconds(lambda: xla(batch).numpy(), repeats) / len(costs)
+  graph_time = timing.median_seconds(lambda: graph(one).numpy(), repeats)
   return {"scipy_s": scipy_time, "xla_s": xla_time, "xla_batch8_per_matrix_s": xla_batch_time,
           "graph_s": graph_time, "ratio_xla": xla_time / scipy_time,
           "ratio_xla_batch8": xla_batch_time / scipy_time}
@@ -83,7 +76,7 @@ def _loss_step(rng, batch=2, crop=257, out=65, slots=128, repeats=3):
   start = time.perf_counter()
   step(outputs)[0].numpy()
   compile_time = time.perf_counter() - start
-  step_time = _median_time(lambda: step(outputs)[0].numpy(), repeats)
+  step_time = timing.median_seconds(lambda: step(outputs)[0].numpy(), repeats)
   return {"shape": f"B{batch} {out}x{out} N{slots} K181 aux6 sample_k1024",
           "compile_s": compile_time, "forward_backward_s": step_time}
 

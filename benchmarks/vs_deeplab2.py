@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import timing  # benchmarks/timing.py, next to this script
 
 _OUTPUTS = ("pixel_space_mask_logits", "transformer_class_logits", "semantic_logits",
             "pixel_space_normalized_feature")
@@ -66,14 +66,6 @@ def _randomise(variables, rng):
     variable.assign(value.astype(variable.dtype.as_numpy_dtype))
 
 
-def _median_time(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def _max_diff(a, b):
@@ -205,15 +197,17 @@ def main(argv=None):
   components, first_difference = _components(dl2, model, x, args.tolerance)
 
   times = {
-      "deeplab2_forward_s": _median_time(lambda: [v.numpy() for v in theirs_fn(x).values()],
-                                         args.repeats),
-      "kmax_tf_forward_s": _median_time(lambda: [v.numpy() for v in ours_fn(x).values()],
-                                        args.repeats),
+      "deeplab2_forward_s": timing.median_seconds(
+          lambda: [v.numpy() for v in theirs_fn(x).values()], args.repeats, warmup=1),
+      "kmax_tf_forward_s": timing.median_seconds(
+          lambda: [v.numpy() for v in ours_fn(x).values()], args.repeats, warmup=1),
   }
   theirs_step = _train_step_fn(dl2, lambda t: dl2(t, training=True))
   ours_step = _train_step_fn(model, lambda t: model(t, training=True))
-  times["deeplab2_train_step_s"] = _median_time(lambda: theirs_step(x).numpy(), args.repeats)
-  times["kmax_tf_train_step_s"] = _median_time(lambda: ours_step(x).numpy(), args.repeats)
+  times["deeplab2_train_step_s"] = timing.median_seconds(lambda: theirs_step(x).numpy(), args.repeats,
+                                                          warmup=1)
+  times["kmax_tf_train_step_s"] = timing.median_seconds(lambda: ours_step(x).numpy(), args.repeats,
+                                                         warmup=1)
   times["ratio_forward"] = times["kmax_tf_forward_s"] / times["deeplab2_forward_s"]
   times["ratio_train_step"] = times["kmax_tf_train_step_s"] / times["deeplab2_train_step_s"]
 
