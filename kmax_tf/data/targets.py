@@ -2,6 +2,10 @@
 `PanopticSampleGenerator`; the Panoptic-DeepLab centre/offset targets are not produced).
 
 Label encoding: `panoptic = semantic * divisor + instance`; a thing pixel with instance 0 is crowd.
+
+Every per-pixel output is one elementwise op or one lookup in a table indexed by panoptic id:
+at crop 1281 a label has 1.6M pixels but only tens of ids, so per-id work is free and the cost
+is the number of passes over the pixels.
 """
 from __future__ import annotations
 
@@ -10,42 +14,63 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+# Up to this many runs of consecutive ids are tested with comparisons, more with a table lookup.
+_MAX_COMPARED_RUNS = 4
 
-def _isin(values: tf.Tensor, ids: Sequence[int]) -> tf.Tensor:
-  """bool mask of `values` (non-negative ints) that are in `ids`, by table lookup.
 
-  A lookup costs one gather per pixel; comparing against every id would build a
-  `[H, W, len(ids)]` tensor (80 thing classes on COCO at 1281x1281 is 131M elements).
+def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
+  """Sorted ids as inclusive (first, last) runs of consecutive values."""
+  runs = []
+  for value in sorted(set(int(i) for i in ids)):
+    if runs and value == runs[-1][1] + 1:
+      runs[-1] = (runs[-1][0], value)
+    else:
+      runs.append((value, value))
+  return runs
+
+
+def isin(values: tf.Tensor, ids: Sequence[int]) -> tf.Tensor:
+  """bool mask of the non-negative int `values` that are in `ids`.
+
+  Class id lists are mostly a few ranges (COCO things are 1..80): two comparisons per range are
+  several times cheaper than a gather per pixel. Scattered ids use a table lookup (comparing
+  against every id would build `[..., len(ids)]`).
   """
   if not ids:
     return tf.zeros_like(values, tf.bool)
+  runs = _runs(ids)
+  if len(runs) <= _MAX_COMPARED_RUNS:
+    mask = None
+    for first, last in runs:
+      run = (values == first) if first == last else ((values >= first) & (values <= last))
+      mask = run if mask is None else mask | run
+    return mask
   size = max(ids) + 2  # the last entry (False) stands for every larger value
   table = tf.constant(np.isin(np.arange(size), list(ids)))
   return tf.gather(table, tf.minimum(values, size - 1))
 
 
-def unique_in_first_occurrence_order(values: tf.Tensor):
-  """`tf.unique_with_counts` of non-negative int32 `[N]` values, in linear time.
+def ids_in_first_occurrence_order(values: tf.Tensor) -> tf.Tensor:
+  """The unique values of int32 `[N]` in order of first occurrence (`tf.unique(values)[0]`).
 
-  Returns (unique values in order of first occurrence, index of each value's unique entry `[N]`,
-  counts). `tf.unique` hashes every element; label ids are small non-negative ints (below
-  num_classes * divisor), so counting and first positions per id take a bincount and a segment
-  min instead, several times faster on 1281x1281 labels.
+  An id first occurs where a run of equal values starts, and labels are piecewise constant, so
+  `tf.unique` (which hashes every element) only has to see the run starts.
   """
-  num_ids = tf.reduce_max(values) + 1
-  counts = tf.math.bincount(values, minlength=num_ids, dtype=tf.int32)
-  first = tf.math.unsorted_segment_min(tf.range(tf.size(values)), values, num_ids)
-  present = tf.cast(tf.where(counts > 0)[:, 0], tf.int32)
-  unique = tf.gather(present, tf.argsort(tf.gather(first, present)))
-  position = tf.scatter_nd(unique[:, tf.newaxis], tf.range(tf.size(unique)), [num_ids])
-  return unique, tf.gather(position, values), tf.gather(counts, unique)
+  starts = tf.concat([[True], values[1:] != values[:-1]], axis=0)
+  return tf.unique(tf.boolean_mask(values, starts))[0]
+
+
+def _id_table(ids: tf.Tensor, entries: tf.Tensor, size, default) -> tf.Tensor:
+  """`[size]` table with `entries` at `ids` and `default` elsewhere."""
+  return tf.tensor_scatter_nd_update(tf.fill([size], tf.cast(default, entries.dtype)),
+                                     ids[:, tf.newaxis], entries)
 
 
 def semantic_and_crowd(panoptic: tf.Tensor, *, divisor: int, thing_ids: Sequence[int]):
   """Returns (semantic, thing mask, crowd mask) of an int32 panoptic label of any shape."""
   semantic = panoptic // divisor
-  thing = _isin(semantic, thing_ids)
-  crowd = thing & (panoptic % divisor == 0)
+  thing = isin(semantic, thing_ids)
+  crowd = thing & (panoptic == semantic * divisor)
   return semantic, thing, crowd
 
 
@@ -73,24 +98,28 @@ def panoptic_targets(panoptic: tf.Tensor, *, ignore_label: int, divisor: int,
   if not 0 <= ignore_label < divisor:
     raise ValueError(f"ignore_label {ignore_label} must lie in [0, divisor={divisor})")
   panoptic = tf.convert_to_tensor(panoptic, tf.int32)
-  semantic, thing, crowd = semantic_and_crowd(panoptic, divisor=divisor, thing_ids=thing_ids)
+  semantic, _, crowd = semantic_and_crowd(panoptic, divisor=divisor, thing_ids=thing_ids)
   # Instances are the non-void ids with a non-zero instance part; a stuff pixel carrying an
   # instance id is malformed (deeplab2 asserts the same).
   flat = tf.reshape(panoptic, [-1])
-  unique_ids, pixel_to_unique, counts = unique_in_first_occurrence_order(flat)
+  unique_ids = ids_in_first_occurrence_order(flat)
+  num_ids = tf.reduce_max(unique_ids) + 1
   unique_semantic = unique_ids // divisor
   is_instance = (unique_semantic != ignore_label) & (unique_ids % divisor != 0)
-  is_stuff_instance = is_instance & ~_isin(unique_semantic, thing_ids)
+  is_stuff_instance = is_instance & ~isin(unique_semantic, thing_ids)
   check_stuff = tf.debugging.Assert(
       ~tf.reduce_any(is_stuff_instance),
       ["stuff class with a non-zero instance id in the panoptic label:",
        tf.boolean_mask(unique_ids, is_stuff_instance)])
 
-  weight = tf.ones(tf.shape(panoptic), tf.float32)
   if small_instance_threshold > 0 and small_instance_weight != 1.0:
+    counts = tf.gather(tf.math.bincount(flat, minlength=num_ids, dtype=tf.int32), unique_ids)
     small = is_instance & (counts < small_instance_threshold)
-    weight = tf.where(tf.reshape(tf.gather(small, pixel_to_unique), tf.shape(panoptic)),
-                      tf.constant(small_instance_weight, tf.float32), weight)
+    weight_table = _id_table(unique_ids, tf.where(small, small_instance_weight, 1.0), num_ids,
+                             1.0)
+    weight = tf.gather(weight_table, panoptic)
+  else:
+    weight = tf.ones(tf.shape(panoptic), tf.float32)
 
   with tf.control_dependencies([check_stuff]):
     targets = {
@@ -106,10 +135,9 @@ def panoptic_targets(panoptic: tf.Tensor, *, ignore_label: int, divisor: int,
         num_things <= max_thing_id,
         ["more thing instances than max_thing_id:", num_things, max_thing_id])
     with tf.control_dependencies([check_count]):
-      unique_thing_id = tf.where(is_instance, rank, -1)
+      thing_table = _id_table(unique_ids, tf.where(is_instance, rank, -1), num_ids, -1)
       padding = -tf.ones([tf.maximum(max_thing_id - num_things, 0)], tf.int32)
-    targets["thing_id_mask_gt"] = tf.reshape(
-        tf.gather(unique_thing_id, pixel_to_unique), tf.shape(panoptic))
+    targets["thing_id_mask_gt"] = tf.gather(thing_table, panoptic)
     classes = tf.boolean_mask(unique_semantic, is_instance)
     targets["thing_id_class_gt"] = tf.concat([classes, padding], axis=0)
     targets["thing_id_class_gt"].set_shape([max_thing_id])

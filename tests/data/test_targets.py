@@ -52,9 +52,40 @@ def test_stuff_with_instance_id_is_an_error():
     _targets(np.array([[2 * D + 1]], np.int32))
 
 
-def test_linear_unique_matches_tf_unique():
-  values = tf.constant(np.random.default_rng(0).integers(0, 3000, 5000), tf.int32)
-  expected = tf.unique_with_counts(values)
-  got = targets.unique_in_first_occurrence_order(values)
-  for a, b in zip(got, expected):
-    np.testing.assert_array_equal(a.numpy(), b.numpy())
+def test_first_occurrence_order_matches_tf_unique():
+  rng = np.random.default_rng(0)
+  # Piecewise-constant runs (as in labels) and isolated values, including runs that recur.
+  values = np.repeat(rng.integers(0, 3000, 800), rng.integers(1, 9, 800))
+  for array in (values, rng.integers(0, 50, 500), np.array([7])):
+    got = targets.ids_in_first_occurrence_order(tf.constant(array, tf.int32))
+    np.testing.assert_array_equal(got.numpy(), tf.unique(tf.constant(array, tf.int32))[0])
+
+
+@pytest.mark.parametrize("ids", [(1, 2, 3, 80), tuple(range(1, 81)), (2, 5, 9, 11, 13, 40)])
+def test_isin_matches_numpy(ids):  # ranges use comparisons, scattered ids a table
+  values = np.random.default_rng(1).integers(0, 140, (37, 29))
+  np.testing.assert_array_equal(targets.isin(tf.constant(values), ids).numpy(),
+                                np.isin(values, ids))
+
+
+def test_thing_ids_against_numpy_on_random_label():
+  rng = np.random.default_rng(2)
+  label = np.kron(rng.choice([0, 2 * D, 4 * D, 4 * D + 1, 5 * D + 7, 4 * D + 9, 5 * D + 3],
+                             (9, 11)), np.ones((3, 2), np.int64)).astype(np.int32)
+  flat = label.ravel()
+  ids, first = np.unique(flat, return_index=True)
+  order = ids[np.argsort(first)]
+  instances = [i for i in order if i // D in THINGS and i % D]
+  threshold = int(np.median([(flat == i).sum() for i in instances])) + 1
+  t = _targets(label, max_thing_id=8, small_instance_threshold=threshold,
+               small_instance_weight=2.5)
+  expected = np.full(flat.shape, -1)
+  for rank, pid in enumerate(instances):
+    expected[flat == pid] = rank
+  np.testing.assert_array_equal(t["thing_id_mask_gt"].ravel(), expected)
+  np.testing.assert_array_equal(t["thing_id_class_gt"],
+                                [i // D for i in instances] + [-1] * (8 - len(instances)))
+  small = np.isin(flat, [i for i in instances if (flat == i).sum() < threshold])
+  assert small.any() and not small.all()
+  np.testing.assert_array_equal(t["semantic_loss_weight"].ravel(), np.where(small, 2.5, 1.0))
+  np.testing.assert_array_equal(t["is_crowd_gt"], np.isin(label, [4 * D, 5 * D]))
