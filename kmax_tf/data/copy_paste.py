@@ -15,13 +15,9 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from kmax_tf.data import targets
+
 OPTIONS = ("none", "random", "all")
-
-
-def _isin(values: tf.Tensor, ids: Sequence[int]) -> tf.Tensor:
-  if not ids:
-    return tf.zeros_like(values, tf.bool)
-  return tf.reduce_any(values[:, tf.newaxis] == tf.constant(list(ids), values.dtype), axis=-1)
 
 
 def _apply_option(keep: tf.Tensor, in_class: tf.Tensor, option: str) -> tf.Tensor:
@@ -52,7 +48,12 @@ def panoptic_copy_paste(image, label, paste_image, paste_label, seed, *, divisor
     (image float32 `[H, W, 3]`, label int32 `[H, W, 1]`).
   """
   seeds = tf.random.split(seed, 2)
-  unique_ids, pixel_to_unique = tf.unique(tf.reshape(paste_label, [-1]))
+  flat_paste = tf.reshape(paste_label, [-1])
+  # The segments, as sorted ids (deeplab2 lists them in order of appearance; the subset below is
+  # uniformly random either way). A bincount is several times cheaper than `tf.unique`.
+  num_ids = tf.reduce_max(flat_paste) + 1
+  counts = tf.math.bincount(flat_paste, minlength=num_ids, dtype=tf.int32)
+  unique_ids = tf.cast(tf.where(counts > 0)[:, 0], tf.int32)
   num_unique = tf.shape(unique_ids)[0]
   num_keep = tf.random.stateless_uniform([], seeds[0], 0, num_unique + 1, tf.int32)
   # A uniformly random subset of `num_keep` segments: those whose random key ranks lowest.
@@ -61,19 +62,26 @@ def panoptic_copy_paste(image, label, paste_image, paste_label, seed, *, divisor
 
   unique_semantic = unique_ids // divisor
   keep = _apply_option(keep, unique_ids == padding_value, "none")
-  keep = _apply_option(keep, _isin(unique_semantic, thing_ids), thing_option)
-  keep = _apply_option(keep, _isin(unique_semantic, stuff_ids), stuff_option)
+  keep = _apply_option(keep, targets.isin(unique_semantic, thing_ids), thing_option)
+  keep = _apply_option(keep, targets.isin(unique_semantic, stuff_ids), stuff_option)
   keep = _apply_option(keep, unique_ids == ignore_label * divisor, void_option)
-  pasted = tf.reshape(tf.gather(keep, pixel_to_unique), tf.shape(paste_label))
 
-  instance = label % divisor
-  paste_instance = paste_label % divisor
+  unique_instance = unique_ids % divisor
   check = tf.debugging.Assert(
-      (tf.reduce_max(instance) < divisor // 2) & (tf.reduce_max(paste_instance) < divisor // 2),
+      (tf.reduce_max(label % divisor) < divisor // 2)
+      & (tf.reduce_max(unique_instance) < divisor // 2),
       ["panoptic copy-paste needs instance ids below divisor // 2 =", divisor // 2])
   with tf.control_dependencies([check]):
-    paste_instance = tf.where(paste_instance == 0, 0, divisor - 1 - paste_instance)
-  remapped = (paste_label // divisor) * divisor + paste_instance
-  image = tf.where(pasted, paste_image, image)
-  label = tf.where(pasted, remapped, label)
+    remapped = unique_semantic * divisor + tf.where(
+        unique_instance == 0, 0, divisor - 1 - unique_instance)
+  # Per id: its new id if pasted, else -1; one lookup per pixel gives both mask and label.
+  new_id = tf.gather(targets.id_table(unique_ids, tf.where(keep, remapped, -1), num_ids, -1),
+                     paste_label)
+  pasted = new_id >= 0
+  label = tf.where(pasted, new_id, label)
+  # Select with a `[pixels]` condition on `[pixels, 3]` rows: a broadcast `tf.where` over the
+  # channels is several times slower.
+  image = tf.reshape(tf.raw_ops.Select(
+      condition=tf.reshape(pasted, [-1]), x=tf.reshape(paste_image, [-1, 3]),
+      y=tf.reshape(image, [-1, 3])), tf.shape(image))
   return image, label

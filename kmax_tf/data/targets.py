@@ -60,7 +60,7 @@ def ids_in_first_occurrence_order(values: tf.Tensor) -> tf.Tensor:
   return tf.unique(tf.boolean_mask(values, starts))[0]
 
 
-def _id_table(ids: tf.Tensor, entries: tf.Tensor, size, default) -> tf.Tensor:
+def id_table(ids: tf.Tensor, entries: tf.Tensor, size, default) -> tf.Tensor:
   """`[size]` table with `entries` at `ids` and `default` elsewhere."""
   return tf.tensor_scatter_nd_update(tf.fill([size], tf.cast(default, entries.dtype)),
                                      ids[:, tf.newaxis], entries)
@@ -115,7 +115,7 @@ def panoptic_targets(panoptic: tf.Tensor, *, ignore_label: int, divisor: int,
   if small_instance_threshold > 0 and small_instance_weight != 1.0:
     counts = tf.gather(tf.math.bincount(flat, minlength=num_ids, dtype=tf.int32), unique_ids)
     small = is_instance & (counts < small_instance_threshold)
-    weight_table = _id_table(unique_ids, tf.where(small, small_instance_weight, 1.0), num_ids,
+    weight_table = id_table(unique_ids, tf.where(small, small_instance_weight, 1.0), num_ids,
                              1.0)
     weight = tf.gather(weight_table, panoptic)
   else:
@@ -135,7 +135,7 @@ def panoptic_targets(panoptic: tf.Tensor, *, ignore_label: int, divisor: int,
         num_things <= max_thing_id,
         ["more thing instances than max_thing_id:", num_things, max_thing_id])
     with tf.control_dependencies([check_count]):
-      thing_table = _id_table(unique_ids, tf.where(is_instance, rank, -1), num_ids, -1)
+      thing_table = id_table(unique_ids, tf.where(is_instance, rank, -1), num_ids, -1)
       padding = -tf.ones([tf.maximum(max_thing_id - num_things, 0)], tf.int32)
     targets["thing_id_mask_gt"] = tf.gather(thing_table, panoptic)
     classes = tf.boolean_mask(unique_semantic, is_instance)
