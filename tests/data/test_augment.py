@@ -110,3 +110,92 @@ def test_fast_sharpness_matches_official(factor):
   official = tfm_augment.sharpness(image, factor).numpy().astype(int)
   # Same kernel; the float summation order may move a value across an integer (truncation).
   assert np.abs(ours - official).max() <= 1 and (ours == official).mean() > 0.97
+
+
+def _reference_training(image, label, seed, crop, resize, scales, policy, pad_value):
+  """deeplab2's training order on whole tensors (TF resize kernels, pad, slice, reverse), with
+  the random draws of `augment.preprocess` for the same seed."""
+  crop_h, crop_w = crop
+  seeds = tf.random.split(tf.constant(seed, tf.int64), 6)
+  image = tf.cast(image, tf.float32)[tf.newaxis]
+  label = label[tf.newaxis]
+  size = augment.resized_shape(image.shape[1], image.shape[2], resize, resize)
+  image = tf.compat.v1.image.resize_bilinear(image, size, align_corners=True)
+  label = tf.compat.v1.image.resize_nearest_neighbor(label, size, align_corners=True)
+  scale = augment.random_scale_factor(seeds[0], *scales)
+  size = tf.cast(tf.cast(size, tf.float32) * scale, tf.int32)
+  image = tf.compat.v1.image.resize_bilinear(image, size, align_corners=True)[0]
+  label = tf.compat.v1.image.resize_nearest_neighbor(label, size, align_corners=True)[0]
+  if policy:
+    image = tf.cast(augment.autoaugment(tf.cast(image, tf.uint8), policy, seeds[1]), tf.float32)
+  off_h, off_w, top, left, flip = augment.random_placement(seeds[2:], size[0], size[1],
+                                                           crop_h, crop_w)
+  paddings = [[off_h, tf.maximum(crop_h - size[0], 0) - off_h],
+              [off_w, tf.maximum(crop_w - size[1], 0) - off_w], [0, 0]]
+  image = tf.pad(image, paddings, constant_values=127.5)[top:top + crop_h, left:left + crop_w]
+  label = tf.pad(label, paddings, constant_values=pad_value)[top:top + crop_h,
+                                                             left:left + crop_w]
+  if flip:
+    image, label = image[:, ::-1], label[:, ::-1]
+  return image.numpy(), label.numpy()
+
+
+@pytest.mark.parametrize("policy", ["", "simple_classification_policy"])
+def test_training_equals_whole_image_reference(policy):
+  """The windowed computation equals deeplab2's order on whole images, pixel for pixel, for
+  scaled images smaller and larger than the crop and both AutoAugment paths."""
+  rng = np.random.default_rng(5)
+  paths = set()
+  for index in range(24 if policy else 8):
+    height, width = rng.integers(20, 60, 2)
+    image = tf.constant(rng.integers(0, 256, (height, width, 3)), tf.uint8)
+    label = tf.constant(rng.integers(0, 5000, (height, width, 1)), tf.int32)
+    seed = [index, 11]
+    args = dict(crop=(37, 31), resize=(29, 29), scales=(0.5, 1.9, 0.2), policy=policy,
+                pad_value=PAD)
+    _, out_image, out_label = augment.preprocess(
+        image, label, tf.constant(seed, tf.int64), crop_size=args["crop"], is_training=True,
+        label_pad_value=PAD, min_resize_value=args["resize"], max_resize_value=args["resize"],
+        min_scale_factor=0.5, max_scale_factor=1.9, scale_factor_step_size=0.2,
+        autoaugment_policy_name=policy)
+    ref_image, ref_label = _reference_training(image, label, seed, **args)
+    np.testing.assert_array_equal(out_label.numpy(), ref_label)
+    np.testing.assert_array_equal(out_image.numpy(), ref_image)
+    if policy:
+      aa_seed = tf.random.split(tf.constant(seed, tf.int64), 6)[1]
+      paths.add(bool(augment.needs_whole_image(policy, aa_seed)))
+  assert not policy or paths == {True, False}
+
+
+def test_nearest_source_index_matches_the_resize_kernel():
+  for in_size in range(1, 40):
+    for out_size in range(1, 40):
+      ramp = tf.reshape(tf.range(in_size), [1, in_size, 1, 1])
+      expected = tf.compat.v1.image.resize_nearest_neighbor(ramp, (out_size, 1),
+                                                            align_corners=True)
+      got = augment.nearest_source_index(in_size, out_size, tf.range(out_size))
+      np.testing.assert_array_equal(got.numpy(), expected.numpy().ravel())
+
+
+def _pil_equalize(image):
+  from PIL import Image, ImageOps
+  return np.asarray(ImageOps.equalize(Image.fromarray(image)))
+
+
+@pytest.mark.parametrize("case", ["random", "few_values", "constant"])
+def test_equalize_matches_pil(case):
+  rng = np.random.default_rng(3)
+  image = {"random": rng.integers(0, 256, (23, 31, 3)),
+           "few_values": rng.choice([3, 90, 91, 250], (23, 31, 3)),
+           "constant": np.full((5, 7, 3), 17)}[case].astype(np.uint8)
+  if case == "few_values":
+    image[..., 2] = 40  # one channel with a single value: step 0, unchanged
+  np.testing.assert_array_equal(augment.equalize(tf.constant(image)).numpy(),
+                                _pil_equalize(image))
+
+
+def test_window_autoaugment_uses_the_whole_image_pixel_count():
+  image = np.random.default_rng(4).integers(0, 256, (12, 14, 3)).astype(np.uint8)
+  window = augment._deeplab2_contrast(tf.constant(image[2:6, 3:9]), 0.4, num_pixels=12 * 14)
+  whole = augment._deeplab2_contrast(tf.constant(image), 0.4)
+  np.testing.assert_array_equal(window.numpy(), whole.numpy()[2:6, 3:9])
