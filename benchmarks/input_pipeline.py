@@ -4,7 +4,8 @@ simple_classification_policy AutoAugment, panoptic copy-paste 0.5 all/random/non
 
 Prints one JSON line: images/s of the full COCO augmentation and, as the in-process baseline,
 of the same pipeline without AutoAugment and copy-paste (decode + resize + scale + crop + flip +
-targets), and their ratio.
+targets), and their ratio; also the CPU seconds per image of each (robust to other processes on
+a shared machine) and the 1-minute load average before and after.
 
   python benchmarks/input_pipeline.py [--images 48] [--batch_size 8]
 """
@@ -49,14 +50,17 @@ def _options(pattern, batch_size, full):
   return options
 
 
-def _images_per_second(options, num_batches):
+def _throughput(options, num_batches):
+  """(images/s, CPU seconds of this process per image) over `num_batches` batches."""
   from kmax_tf.data import reader
   iterator = iter(reader.build_dataset(options, True))
   next(iterator)  # tracing and warm-up
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), time.process_time()
   for _ in range(num_batches):
     next(iterator)
-  return num_batches * options.batch_size / (time.perf_counter() - start)
+  num_images = num_batches * options.batch_size
+  return (num_images / (time.perf_counter() - start),
+          (time.process_time() - start_cpu) / num_images)
 
 
 def main():
@@ -69,8 +73,9 @@ def main():
   with tempfile.TemporaryDirectory() as directory:
     _write_records(directory, 64)
     pattern = os.path.join(directory, "train-*.tfrecord")
-    baseline = _images_per_second(_options(pattern, args.batch_size, False), num_batches)
-    full = _images_per_second(_options(pattern, args.batch_size, True), num_batches)
+    load_before = os.getloadavg()[0]
+    baseline, baseline_cpu = _throughput(_options(pattern, args.batch_size, False), num_batches)
+    full, full_cpu = _throughput(_options(pattern, args.batch_size, True), num_batches)
   print(json.dumps({
       "benchmark": "input_pipeline", "crop_size": 1281, "source_size": [480, 640],
       "batch_size": args.batch_size, "images_timed": num_batches * args.batch_size,
@@ -78,6 +83,12 @@ def main():
       "images_per_s_full_coco_augmentation": round(full, 2),
       "images_per_s_baseline_no_autoaugment_no_copy_paste": round(baseline, 2),
       "ratio_full_to_baseline": round(full / baseline, 3),
+      # On a shared machine wall-clock throughput depends on the other processes; the CPU time
+      # this process spends per image does much less, and 2 / it is the rate 2 free cores give.
+      "cpu_s_per_image_full": round(full_cpu, 3),
+      "cpu_s_per_image_baseline": round(baseline_cpu, 3),
+      "images_per_s_full_on_2_free_cores_from_cpu_time": round(2 / full_cpu, 2),
+      "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
       "target_images_per_s": 5.0}))
 
 
