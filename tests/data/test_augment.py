@@ -168,8 +168,9 @@ def test_training_equals_whole_image_reference(policy):
 
 
 def test_nearest_source_index_matches_the_resize_kernel():
-  for in_size in range(1, 40):
-    for out_size in range(1, 40):
+  # Small sizes hit exact halves often (where roundf and round-half-to-even differ).
+  for in_size in range(1, 25):
+    for out_size in range(1, 25):
       ramp = tf.reshape(tf.range(in_size), [1, in_size, 1, 1])
       expected = tf.compat.v1.image.resize_nearest_neighbor(ramp, (out_size, 1),
                                                             align_corners=True)
