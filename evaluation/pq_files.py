@@ -25,8 +25,9 @@ _NUM_RGB_IDS = 1 << 24
 _GROUPS = (("All", None), ("Things", True), ("Stuff", False))
 _BATCH = 16  # image pairs decoded together (panoptic_png vectorises across a batch)
 
-# Per-process lookup tables (RGB id -> segment slot); entries are reset after every image.
-_LOOKUP: dict[str, np.ndarray] = {}
+# Per-process lookup table (RGB id -> segment slot), allocated on first use; entries are reset
+# after every use.
+_LOOKUP: list[np.ndarray] = []
 
 
 def _read(path: str) -> bytes:
@@ -37,15 +38,11 @@ def _read(path: str) -> bytes:
     raise FileNotFoundError(f"Cannot read PNG {path}: {e}") from e
 
 
-def _lookup(name: str) -> np.ndarray:
-  if name not in _LOOKUP:
-    _LOOKUP[name] = np.full(_NUM_RGB_IDS, -1, np.int32)
-  return _LOOKUP[name]
-
-
-def _map_ids(ids: np.ndarray, segment_ids: Sequence[int], name: str) -> np.ndarray:
+def _map_ids(ids: np.ndarray, segment_ids: Sequence[int]) -> np.ndarray:
   """Slots 1..S for the listed segment ids in order, 0 for an unlisted id 0, -1 otherwise."""
-  table = _lookup(name)
+  if not _LOOKUP:
+    _LOOKUP.append(np.full(_NUM_RGB_IDS, -1, np.int32))
+  table = _LOOKUP[0]
   listed = np.asarray(segment_ids, np.int64)
   table[0] = 0
   table[listed] = np.arange(1, len(listed) + 1, dtype=np.int32)
@@ -86,13 +83,13 @@ def image_stats(gt_annotation: dict, pred_annotation: dict, gt_image, pred_image
     dropped = [s["id"] for s in gt_segments if s.get("iscrowd", 0)]
     gt_segments = [s for s in gt_segments if not s.get("iscrowd", 0)]
   num_gt = len(gt_segments)
-  gt_slots = _map_ids(gt_ids, [s["id"] for s in gt_segments] + dropped, "gt")
+  gt_slots = _map_ids(gt_ids, [s["id"] for s in gt_segments] + dropped)
   unlisted = gt_slots < 0
   gt_slots[gt_slots > num_gt] = 0  # dropped crowd segments read as VOID
   gt_slots[unlisted] = num_gt + 1
 
   pred_segments = pred_annotation["segments_info"]
-  pred_slots = _map_ids(pred_ids, [s["id"] for s in pred_segments], "pred")
+  pred_slots = _map_ids(pred_ids, [s["id"] for s in pred_segments])
   if (pred_slots < 0).any():
     unknown = np.unique(pred_ids[pred_slots < 0])
     raise KeyError(f"In the image with ID {image_id} segments with IDs {unknown.tolist()} are "
