@@ -53,7 +53,7 @@ setuptools.setup(
         "opencv-python-headless",  # Fast PNG decoding in `kmax-tf eval pq`.
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "grpcio-tools", "panopticapi-lite"],
+        "test": ["pytest>=8", "pytest-xdist", "grpcio-tools"],
     },
     entry_points={"console_scripts": ["kmax-tf=kmax_tf.cli:main"]},
 )

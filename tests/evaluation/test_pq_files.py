@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from kmax_tf.evaluation import pq_files
+# The reference: cocodataset/panopticapi, installed as `panopticapi-lite` (see README).
+from panopticapi import evaluation as panopticapi_evaluation  # pylint: disable=wrong-import-order
 
-panopticapi_evaluation = pytest.importorskip("panopticapi.evaluation")
 
 _SPEC = importlib.util.spec_from_file_location(
     "synthetic_coco_panoptic", pathlib.Path(__file__).with_name("synthetic_coco_panoptic.py"))
