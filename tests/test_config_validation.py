@@ -36,7 +36,7 @@ def test_tiny_config_is_valid(tmp_path):
     # Inconsistent class count: the semantic head must have the dataset's 7 classes.
     ("output_channels: 7", "output_channels: 8", "output_channels: 8", 1,
      "8 classes, but dataset 'synthetic_panoptic' has 7"),
-    ("pixel_confidence_threshold: 0.4", "pixel_confidence_threshold: 1.4",
+    ("pixel_confidence_threshold: 0.2", "pixel_confidence_threshold: 1.4",
      "pixel_confidence_threshold", 1, "1.4 is outside [0.0, 1.0]"),
     ("overlapping_threshold: 0.8", "overlapping_threshold: -0.1", "overlapping_threshold", 1,
      "outside [0.0, 1.0]"),
