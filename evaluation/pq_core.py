@@ -18,7 +18,8 @@ CROWD_CONVENTIONS = ("official", "deeplab2")
 
 def match_segments(gt_index: np.ndarray, pred_index: np.ndarray, gt_category: np.ndarray,
                    gt_area: np.ndarray, gt_crowd: np.ndarray, pred_category: np.ndarray,
-                   num_categories: int, crowd_of_category: np.ndarray | None = None):
+                   num_categories: int, crowd_of_category: np.ndarray | None = None,
+                   pixel_weight: np.ndarray | None = None):
   """PQ statistics of one image from compact segment indices.
 
   Args:
@@ -32,13 +33,14 @@ def match_segments(gt_index: np.ndarray, pred_index: np.ndarray, gt_category: np
     crowd_of_category: `[num_categories]` ground-truth segment (0-based) whose overlap forgives
       unmatched predictions of that category, -1 for none. Default: the last crowd segment of the
       category in list order (what panopticapi's dictionary ends up holding).
+    pixel_weight: optional int `[P]`, how many pixels each entry stands for (default 1).
 
   Returns:
     `(iou_sum, tp, fn, fp)`, float64 arrays `[num_categories]`.
   """
   num_gt, num_pred = len(gt_category), len(pred_category)
   cols = num_pred + 1
-  intersection = np.bincount(gt_index.astype(np.int64) * cols + pred_index,
+  intersection = np.bincount(gt_index.astype(np.int64) * cols + pred_index, pixel_weight,
                              minlength=(num_gt + 2) * cols).reshape(num_gt + 2, cols)
   pred_area = intersection[:, 1:].sum(axis=0)
   void_overlap = intersection[0, 1:]

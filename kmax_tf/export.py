@@ -83,9 +83,9 @@ class InferenceModel:
 
   def _predict_batch(self, input_tensor):
     """uint8 `[B, H, W, 3]` -> the output dict of the module docstring."""
+    input_tensor = _checked_input(input_tensor, rank=4)
     size = tf.shape(input_tensor)[1:3]
-    with tf.control_dependencies([_assert_image_shape(input_tensor, rank=4)]):
-      images = tf.cast(input_tensor, tf.float32)
+    images = tf.cast(input_tensor, tf.float32)
     outputs = self.model(images, training=False)
     mask_logits = outputs["pixel_space_mask_logits"]
     # The model's outputs sit at a fixed stride of the padded input of 32k + 1 pixels.
@@ -99,10 +99,7 @@ class InferenceModel:
 
   def _predict_image(self, input_tensor):
     """uint8 `[H, W, 3]` -> the output dict with batch 1."""
-    with tf.control_dependencies([_assert_image_shape(input_tensor, rank=3)]):
-      # A data dependency on the check: control dependencies alone do not order the ops of
-      # the (inlined) function called below.
-      input_tensor = tf.identity(input_tensor)
+    input_tensor = _checked_input(input_tensor, rank=3)
     # Calls the batch function's graph instead of tracing the model a second time.
     return self.serve_batch(tf.expand_dims(input_tensor, 0))
 
@@ -113,19 +110,24 @@ class InferenceModel:
     return (self.serve_batch if images.shape.rank == 4 else self.serve_image)(images)
 
 
-def _assert_image_shape(input_tensor, rank: int):
-  """A run-time check of rank, channels and size.
+def _checked_input(input_tensor, rank: int):
+  """`input_tensor` after run-time checks of its rank, channels and size.
 
-  Signatures check only the dtype of their inputs, not the declared shape.
+  Signatures check only the dtype of their inputs, not the declared shape, and TensorFlow infers
+  the shapes of the whole graph from the actual input before running any op, so a wrong rank
+  must be caught by an op whose shape function fails first with a clear message:
+  `tf.ensure_shape` ("Shape of tensor input_tensor [1,5,5,3] is not compatible with expected
+  shape [?,?,3]"). An assertion adds the empty-image check; both are on the data path, so every
+  later op waits for them.
   """
   expected = "[B, H, W, 3]" if rank == 4 else "[H, W, 3]"
+  input_tensor = tf.ensure_shape(input_tensor, [None] * (rank - 1) + [3])
   shape = tf.shape(input_tensor)
-  valid = tf.size(shape) == rank
-  valid = tf.logical_and(valid, shape[-1] == 3)
-  valid = tf.logical_and(valid, tf.reduce_all(shape[-3:-1] > 0))
-  return tf.debugging.Assert(valid, [
+  non_empty = tf.debugging.Assert(tf.reduce_all(shape[-3:-1] > 0), [
       f"{INPUT_KEY} must be a uint8 {expected} RGB image with at least one pixel; got shape",
-      shape])
+      shape], summarize=rank)
+  with tf.control_dependencies([non_empty]):
+    return tf.identity(input_tensor)
 
 
 def check_input(images: tf.Tensor, batched: bool) -> None:

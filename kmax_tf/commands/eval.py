@@ -1,5 +1,6 @@
 """`kmax-tf eval pq`: panoptic quality of COCO panoptic format predictions (panopticapi rules)."""
 import json
+import os
 import time
 
 
@@ -12,7 +13,8 @@ def register(subparsers):
   pq.add_argument("--gt_folder", help="Ground-truth PNG folder (default: gt_json without .json).")
   pq.add_argument("--pred_json", required=True, help="Predicted panoptic JSON.")
   pq.add_argument("--pred_folder", help="Predicted PNG folder (default: pred_json without .json).")
-  pq.add_argument("--workers", type=int, default=1, help="Processes reading images.")
+  pq.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                  help="Processes reading images (default: one per CPU, as panopticapi).")
   pq.add_argument("--crowd_convention", choices=("official", "deeplab2"), default="official",
                   help="official: panopticapi's crowd rules; deeplab2: crowd regions are void.")
   pq.set_defaults(handler=_run_pq)

@@ -1,5 +1,7 @@
-"""pq_files (and `kmax-tf eval pq`) against the panopticapi re-statement on generated data."""
+"""pq_files (and `kmax-tf eval pq`) against panopticapi's own `pq_compute` (panopticapi-lite)."""
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import pathlib
@@ -9,17 +11,25 @@ import pytest
 from PIL import Image
 
 from kmax_tf.evaluation import pq_files
+# The reference: cocodataset/panopticapi, installed as `panopticapi-lite` (see README).
+from panopticapi import evaluation as panopticapi_evaluation  # pylint: disable=wrong-import-order
+
 
 _SPEC = importlib.util.spec_from_file_location(
-    "panopticapi_reference", pathlib.Path(__file__).with_name("panopticapi_reference.py"))
-reference = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(reference)
+    "synthetic_coco_panoptic", pathlib.Path(__file__).with_name("synthetic_coco_panoptic.py"))
+synthetic = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(synthetic)
+
+
+def panopticapi_pq(gt_json, gt_folder, pred_json, pred_folder):
+  with contextlib.redirect_stdout(io.StringIO()):  # it prints progress and its table
+    return panopticapi_evaluation.pq_compute(gt_json, pred_json, gt_folder, pred_folder)
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   root = tmp_path_factory.mktemp("coco_panoptic")
-  return reference.write_synthetic_set(str(root), num_images=10, height=48, width=64, seed=3)
+  return synthetic.write_synthetic_set(str(root), num_images=10, height=48, width=64, seed=3)
 
 
 def assert_same_results(ours, theirs):
@@ -32,10 +42,10 @@ def assert_same_results(ours, theirs):
       assert ours["per_class"][category][key] == pytest.approx(values[key], abs=1e-6)
 
 
-def test_matches_panopticapi_reference(dataset):
+def test_matches_panopticapi(dataset):
   gt_json, gt_folder, pred_json, pred_folder = dataset
   ours = pq_files.pq_compute(gt_json, pred_json, gt_folder, pred_folder)
-  theirs = reference.pq_compute(*dataset)
+  theirs = panopticapi_pq(*dataset)
   assert_same_results(ours, theirs)
   assert ours["crowd_convention"] == "official" and ours["num_images"] == 10
   # The generated set must contain crowd and give imperfect but non-trivial matches.
@@ -51,7 +61,7 @@ def test_workers_give_identical_numbers(dataset):
   assert one == two
 
 
-def test_deeplab2_convention_equals_reference_with_crowd_as_void(dataset, tmp_path):
+def test_deeplab2_convention_equals_panopticapi_with_crowd_as_void(dataset, tmp_path):
   gt_json, gt_folder, pred_json, pred_folder = dataset
   with open(gt_json) as f:
     gt = json.load(f)
@@ -68,7 +78,7 @@ def test_deeplab2_convention_equals_reference_with_crowd_as_void(dataset, tmp_pa
     Image.fromarray(rgb).save(tmp_path / "gt" / annotation["file_name"])
   with open(tmp_path / "gt.json", "w") as f:
     json.dump(gt, f)
-  theirs = reference.pq_compute(str(tmp_path / "gt.json"), str(tmp_path / "gt"), pred_json,
+  theirs = panopticapi_pq(str(tmp_path / "gt.json"), str(tmp_path / "gt"), pred_json,
                                 pred_folder)
   ours = pq_files.pq_compute(gt_json, pred_json, gt_folder, pred_folder,
                              crowd_convention="deeplab2")
@@ -99,7 +109,49 @@ def test_cli_prints_table_and_json(dataset, capsys):
   assert args.handler(args) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   summary = json.loads(lines[-1])
-  theirs = reference.pq_compute(*dataset)
+  theirs = panopticapi_pq(*dataset)
   assert summary["crowd_convention"] == "official"
   assert summary["All"]["pq"] == pytest.approx(theirs["All"]["pq"], abs=1e-6)
   assert any(line.startswith("Things") for line in lines)
+
+
+def write_set(root, gt_map, gt_segments, pred_map, pred_segments, categories):
+  """One-image COCO panoptic set from id maps `[H, W]` (ids < 256, so they are the red byte)."""
+  paths = []
+  for name, id_map, segments in (("gt", gt_map, gt_segments), ("pred", pred_map, pred_segments)):
+    os.makedirs(root / name)
+    rgb = np.zeros(id_map.shape + (3,), np.uint8)
+    rgb[..., 0] = id_map
+    Image.fromarray(rgb).save(root / name / "0.png")
+    with open(root / f"{name}.json", "w") as f:
+      json.dump({"annotations": [{"image_id": 0, "file_name": "0.png",
+                                  "segments_info": segments}], "categories": categories}, f)
+    paths += [str(root / f"{name}.json"), str(root / name)]
+  return paths
+
+
+def test_hand_worked_image_equals_panopticapi(tmp_path):
+  # 4 x 10 image, every row alike; columns:   0 1 2 3 4 5 6 7 8 9
+  gt_row = np.array([1, 1, 1, 1, 2, 2, 2, 2, 0, 5])  # 1, 5 thing cat 1 (5 crowd); 2 stuff 2
+  pred_row = np.array([7, 7, 8, 8, 9, 9, 9, 9, 9, 6])  # 7, 8 cat 1; 9 cat 2; 6 cat 1
+  gt_map, pred_map = np.tile(gt_row, (4, 1)), np.tile(pred_row, (4, 1))
+  categories = [{"id": 1, "name": "a", "isthing": 1}, {"id": 2, "name": "b", "isthing": 0},
+                {"id": 3, "name": "absent", "isthing": 0}]
+  gt_segments = [{"id": 1, "category_id": 1, "area": 16, "iscrowd": 0},
+                 {"id": 2, "category_id": 2, "area": 16, "iscrowd": 0},
+                 {"id": 5, "category_id": 1, "area": 4, "iscrowd": 1}]
+  pred_segments = [{"id": 7, "category_id": 1}, {"id": 8, "category_id": 1},
+                   {"id": 9, "category_id": 2}, {"id": 6, "category_id": 1}]
+  paths = write_set(tmp_path, gt_map, gt_segments, pred_map, pred_segments, categories)
+  # (1, 7) and (1, 8): inter 8, union 16 + 8 - 8 = 16, IoU exactly 0.5: no match, so GT 1 is
+  #   a FN and 7, 8 (no void or crowd under them) are FPs.
+  # (2, 9): inter 16, |9| = 20 of which 4 on void -> union 16 + 20 - 16 - 4 = 16, IoU 1: TP.
+  # 6 lies only on the crowd segment of its own category: forgiven (4/4 > 0.5).
+  # Category 1: tp 0, fn 1, fp 2 -> PQ = RQ = 0; category 2: PQ = SQ = RQ = 1;
+  # category 3 appears nowhere and is left out of the means: All PQ = 0.5, Things 0, Stuff 1.
+  ours = pq_files.pq_compute(paths[0], paths[2], paths[1], paths[3])
+  theirs = panopticapi_pq(paths[0], paths[1], paths[2], paths[3])
+  assert_same_results(ours, theirs)
+  assert ours["All"]["pq"] == pytest.approx(0.5) and ours["All"]["n"] == 2
+  assert ours["Things"]["pq"] == 0.0 and ours["Stuff"]["pq"] == pytest.approx(1.0)
+  assert ours["per_class"][1]["rq"] == 0.0 and ours["per_class"][3]["pq"] == 0.0

@@ -1,0 +1,96 @@
+"""Test and benchmark support: writes a generated COCO panoptic set (JSON + RGB PNGs).
+
+Loaded by file path from tests/evaluation/test_pq_files.py and benchmarks/pq_eval.py (it is not
+part of the package).
+"""
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def _id_to_rgb(ids):
+  return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+
+
+def write_synthetic_set(root, num_images, height, width, seed=0, num_categories=8):
+  """Writes gt/ + gt.json and pred/ + pred.json in COCO panoptic format under `root`.
+
+  Categories 1..num_categories (odd ids are things). GT: random rectangles over a stuff
+  background, some void and crowd. Predictions: GT segments with shifted boxes, some relabelled,
+  dropped or split, plus spurious boxes, so every rule (TP, FN, FP, void, crowd) is exercised.
+  Returns (gt_json, gt_folder, pred_json, pred_folder).
+  """
+  rng = np.random.default_rng(seed)
+  categories = [{"id": c, "name": f"c{c}", "isthing": c % 2, "color": [0, 0, 0]}
+                for c in range(1, num_categories + 1)]
+  things = [c for c in range(1, num_categories + 1) if c % 2]
+  stuffs = [c for c in range(1, num_categories + 1) if not c % 2]
+  folders = {k: os.path.join(root, k) for k in ("gt", "pred")}
+  for folder in folders.values():
+    os.makedirs(folder, exist_ok=True)
+  annotations = {"gt": [], "pred": []}
+
+  def boxes(count, scale):
+    y0 = rng.integers(0, height - 2, count)
+    x0 = rng.integers(0, width - 2, count)
+    hh = rng.integers(2, max(3, int(height * scale)), count)
+    ww = rng.integers(2, max(3, int(width * scale)), count)
+    return [(a, b, min(height, a + c), min(width, b + d)) for a, b, c, d in zip(y0, x0, hh, ww)]
+
+  for image_id in range(num_images):
+    gt_cat = np.full((height, width), rng.choice(stuffs), np.int64)
+    gt_inst = np.zeros((height, width), np.int64)
+    gt_crowd = np.zeros((height, width), bool)
+    for y0, x0, y1, x1 in boxes(2, 0.5):
+      gt_cat[y0:y1, x0:x1] = rng.choice(stuffs)
+    for k, (y0, x0, y1, x1) in enumerate(boxes(rng.integers(3, 12), 0.3)):
+      gt_cat[y0:y1, x0:x1] = rng.choice(things)
+      gt_inst[y0:y1, x0:x1] = k + 1
+      gt_crowd[y0:y1, x0:x1] = rng.random() < 0.15
+    for y0, x0, y1, x1 in boxes(2, 0.1):
+      gt_cat[y0:y1, x0:x1] = 0
+    # Predictions: perturb the GT label map.
+    pred_cat, pred_inst = gt_cat.copy(), gt_inst.copy()
+    shift = rng.integers(-4, 5, 2)
+    pred_cat = np.roll(pred_cat, shift, axis=(0, 1))
+    pred_inst = np.roll(pred_inst, shift, axis=(0, 1))
+    for y0, x0, y1, x1 in boxes(rng.integers(1, 6), 0.25):
+      pred_cat[y0:y1, x0:x1] = rng.choice(things + stuffs)
+      pred_inst[y0:y1, x0:x1] = 100 + rng.integers(0, 3)
+    relabel = {c: rng.choice(things + stuffs) for c in range(1, num_categories + 1)
+               if rng.random() < 0.1}
+    for old, new in relabel.items():
+      pred_cat[gt_cat == old] = new
+    pred_cat[pred_cat == 0] = rng.choice(stuffs)
+    for name, cat_map, inst_map, crowd in (("gt", gt_cat, gt_inst, gt_crowd),
+                                           ("pred", pred_cat, pred_inst, None)):
+      key = cat_map * 1000 + np.where(np.isin(cat_map, things), inst_map, 0)
+      key[cat_map == 0] = 0
+      unique = np.unique(key)
+      unique = unique[unique != 0]
+      # Random, distinct, non-zero RGB ids.
+      rgb_ids = rng.choice(np.arange(1, 1 << 24), size=len(unique), replace=False)
+      id_map = np.zeros_like(key)
+      segments = []
+      for k, rgb_id in zip(unique, rgb_ids):
+        where = key == k
+        id_map[where] = rgb_id
+        segment = {"id": int(rgb_id), "category_id": int(k // 1000)}
+        if name == "gt":
+          segment["area"] = int(where.sum())
+          segment["iscrowd"] = int(crowd[where].any() and k % 1000 > 0)
+        segments.append(segment)
+      file_name = f"{image_id:06d}.png"
+      Image.fromarray(_id_to_rgb(id_map)).save(os.path.join(folders[name], file_name))
+      annotations[name].append({"image_id": image_id, "file_name": file_name,
+                                "segments_info": segments})
+  paths = []
+  for name in ("gt", "pred"):
+    path = os.path.join(root, f"{name}.json")
+    with open(path, "w") as f:
+      json.dump({"annotations": annotations[name], "categories": categories,
+                 "images": [{"id": i} for i in range(num_images)]}, f)
+    paths += [path, folders[name]]
+  return tuple(paths)
