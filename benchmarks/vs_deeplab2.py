@@ -24,6 +24,9 @@ random image. Prints one JSON line with:
   statistics do not normalise, so activations and logits grow to hundreds and every kMaX layer
   amplifies rounding: agreeing within --tolerance needs the same float32 operations as deeplab2,
   not just the same formula (this is why `axial_attention.flat_matmul` exists);
+- `with_deeplab2_grouped_depthwise_conv` (ConvNeXt backbones): the same comparison with kmax-tf's
+  depthwise convolutions computed by deeplab2's grouped-conv op instead of the native depthwise
+  kernel (`_with_grouped_depthwise_convs`), which isolates the one op that differs;
 - `component_diffs` / `first_differing_component`: each component (encoder, pixel decoder,
   transformer decoder, final head) fed deeplab2's inputs, so differences do not accumulate;
 - forward / train-step times of both (median of --repeats, after a warm-up). The train step is
@@ -202,6 +205,30 @@ def _compare(dl2, model, post, x):
       "decoder_trace": trace}
 
 
+def _with_grouped_depthwise_convs(model, fn):
+  """Runs `fn()` with kmax-tf's ConvNeXt depthwise convolutions computed by deeplab2's op.
+
+  deeplab2's ConvNeXt runs its 7x7 depthwise convolutions as a grouped `Conv2D` (groups = C),
+  which TensorFlow executes through XLA on CPU; kmax-tf uses the native depthwise kernel (its
+  `ChannelwiseConv2D`, ~28x faster). The two sum the 49 taps in different orders. Swapping the
+  op isolates that one difference. Returns None when the model has no such layer.
+  """
+  # pylint: disable=import-outside-toplevel
+  import keras  # Keras 3 (kmax-tf); TF_USE_LEGACY_KERAS only redirects tf.keras
+  from kmax_tf.model.backbones import convnext
+
+  layers = [layer for layer in model.encoder._flatten_layers()  # pylint: disable=protected-access
+            if isinstance(layer, convnext.ChannelwiseConv2D)]
+  if not layers:
+    return None
+  native = convnext.ChannelwiseConv2D.convolution_op
+  convnext.ChannelwiseConv2D.convolution_op = keras.layers.Conv2D.convolution_op
+  try:
+    return fn()
+  finally:
+    convnext.ChannelwiseConv2D.convolution_op = native
+
+
 def _train_step_fn(model, call):
   """A compiled step; plain SGD via `assign_sub` works on tf_keras and Keras 3 variables alike."""
 
@@ -275,6 +302,11 @@ def main(argv=None):
   post = postprocess.PostProcessor.from_options(ours_options.evaluator_options,
                                                 builder.dataset_of(ours_options), (crop, crop))
   comparison = _compare(dl2, model, post, x)
+  grouped = _with_grouped_depthwise_convs(model, lambda: _compare(dl2, model, post, x))
+  if grouped is not None:
+    comparison["with_deeplab2_grouped_depthwise_conv"] = {
+        k: grouped[k] for k in ("max_abs_logit_diff", "output_diffs", "panoptic_pred_identical",
+                                "assignment_flips")}
   noise_floor = _noise_floor(dl2, x, rng)
   components, first_difference = _components(dl2, model, x, args.tolerance)
 
