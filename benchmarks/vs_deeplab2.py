@@ -1,6 +1,6 @@
 """Benchmark: kmax-tf vs deeplab2 on the same config and the same (converted) weights.
 
-  python benchmarks/vs_deeplab2.py --deeplab2_dir PATH [--config_file F] [--crop 129]
+  python benchmarks/vs_deeplab2.py --deeplab2_dir PATH [--config_file F] [--crop 129] [--no_timing]
 
 PATH is a directory from which `import deeplab2` works (a deeplab2 checkout with its protos
 compiled, e.g. the parent of `deeplab2/`); it is only put on `sys.path`, nothing is copied.
@@ -11,12 +11,27 @@ Steps: build deeplab2's KMaXDeepLab and kmax-tf's model from the same textproto;
 deeplab2 variable (BN statistics, gammas, layer scales and zero-initialised weights too, so that
 no branch is silently zero); save it with `tf.train.Checkpoint(**model.checkpoint_items)` as
 deeplab2's trainer does; convert that checkpoint into the kmax-tf model; run both on the same
-random image. Prints one JSON line: max |difference| of each output (target <= 1e-4), whether
-`panoptic_pred` is identical (deeplab2's post-processor vs kmax_tf.postprocess), the first
-component whose outputs differ (each component -- encoder, pixel decoder, transformer decoder,
-final head -- is fed deeplab2's inputs, so differences do not accumulate), and forward / train-step times of both (median of --repeats, after a warm-up).
-The train step is forward(training=True) + backward of a proxy loss (mean of squares of the mask,
-class and semantic logits, main and auxiliary) + SGD update: it times the network, not the loss.
+random image. Prints one JSON line with:
+
+- `max_abs_logit_diff` (mask and class logits; target <= --tolerance, `within_tolerance`),
+  `output_diffs` (every output), whether `panoptic_pred` is identical (deeplab2's post-processor
+  vs kmax_tf.postprocess), the largest |logit| and the float32 spacing there;
+- `decoder_trace`: both transformer decoders chained on their own pixel features; per kMaX layer
+  the number of pixels whose k-means assignment (argmax) differs, and the largest top-2 logit gap
+  among them, and the mask-logit and center differences; `assignment_flips` is their total;
+- `deeplab2_noise_floor`: how much deeplab2's OWN transformer decoder + head outputs move when its
+  pixel-decoder outputs are perturbed by one float32 rounding (x * (1 +- 2^-24)). Random BN
+  statistics do not normalise, so activations and logits grow to hundreds and every kMaX layer
+  amplifies rounding: agreeing within --tolerance needs the same float32 operations as deeplab2,
+  not just the same formula (this is why `axial_attention.flat_matmul` exists);
+- `with_deeplab2_grouped_depthwise_conv` (ConvNeXt backbones): the same comparison with kmax-tf's
+  depthwise convolutions computed by deeplab2's grouped-conv op instead of the native depthwise
+  kernel (`_with_grouped_depthwise_convs`), which isolates the one op that differs;
+- `component_diffs` / `first_differing_component`: each component (encoder, pixel decoder,
+  transformer decoder, final head) fed deeplab2's inputs, so differences do not accumulate;
+- forward / train-step times of both (median of --repeats, after a warm-up). The train step is
+  forward(training=True) + backward of a proxy loss (mean of squares of the mask, class and
+  semantic logits, main and auxiliary) + SGD update: it times the network, not the loss.
 """
 import argparse
 import json
@@ -66,8 +81,6 @@ def _randomise(variables, rng):
     variable.assign(value.astype(variable.dtype.as_numpy_dtype))
 
 
-
-
 def _max_diff(a, b):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   if a.shape != b.shape:
@@ -115,6 +128,107 @@ def _components(dl2, model, x, tolerance):
   return report, first
 
 
+_MASK, _CLASS = _OUTPUTS[0], _OUTPUTS[1]
+
+
+def _decoder_trace(dl2, model, x):
+  """Both transformer decoders chained on their OWN pixel features, layer by layer.
+
+  Per kMaX layer: pixels whose k-means assignment (argmax over clusters) differs, the largest
+  top-2 gap of deeplab2's mask logits among them (a tie within rounding is a gap near the
+  float32 spacing of the logits), and the max |difference| of mask logits and cluster centers.
+  """
+  # pylint: disable=protected-access
+  from kmax_tf.model import transformer_decoder  # pylint: disable=import-outside-toplevel
+
+  normalised = x / 127.5 - 1.0
+  theirs_pixels = dl2._pixel_decoder(dl2._pixel_encoder(normalised, training=False),
+                                     training=False)
+  ours_pixels = model.pixel_decoder(model.encoder(normalised, training=False), training=False)
+  theirs_decoder, ours_decoder = dl2._transformer_decoder, model.transformer_decoder
+  theirs_centers = theirs_decoder._prepare_cluster_centers(theirs_pixels["decoder_stage1"])
+  ours_centers = tf.tile(tf.convert_to_tensor(ours_decoder.cluster_centers), [x.shape[0], 1, 1])
+  trace, index = [], 0
+  for (stride, endpoint), count in zip(transformer_decoder.STRIDE_ENDPOINTS,
+                                       ours_decoder.num_blocks):
+    for _ in range(count):
+      _, theirs_centers, (theirs_pred,) = theirs_decoder._kmax_decoder[index](
+          (theirs_pixels[endpoint], theirs_centers, ()), training=False)
+      ours_centers, ours_pred = ours_decoder.kmax_layers[index](
+          ours_pixels[endpoint], ours_centers, training=False)
+      theirs_logits = theirs_pred[_MASK].numpy()
+      flipped = theirs_logits.argmax(-1) != ours_pred[_MASK].numpy().argmax(-1)
+      top2 = np.sort(theirs_logits[flipped], axis=-1)[:, -2:]
+      trace.append({
+          "layer": index, "stride": stride, "assignment_flips": int(flipped.sum()),
+          "max_top2_gap_at_flips": float(np.max(top2[:, 1] - top2[:, 0])) if top2.size else None,
+          "mask_logit_diff": _max_diff(theirs_logits, ours_pred[_MASK]),
+          "center_diff": _max_diff(theirs_centers, ours_centers)})
+      index += 1
+  return trace
+
+
+def _noise_floor(dl2, x, rng):
+  """Max change of deeplab2's own mask/class logits when its pixel-decoder outputs are perturbed
+  by one float32 rounding: x * (1 +- 2^-24), random signs."""
+  # pylint: disable=protected-access
+  endpoints = dl2._pixel_encoder(x / 127.5 - 1.0, training=False)
+  decoded = dl2._pixel_decoder(endpoints, training=False)
+
+  def tail(features):
+    return dl2._predictor(dl2._transformer_decoder(features, training=False), training=False)
+
+  reference = tail(decoded)
+  perturbed = dict(decoded)
+  for key in set(decoded) - set(endpoints):
+    signs = rng.choice([-1.0, 1.0], decoded[key].shape).astype(np.float32)
+    perturbed[key] = decoded[key] * (1.0 + 2.0 ** -24 * signs)
+  moved = tail(perturbed)
+  return {k: _max_diff(reference[k], moved[k]) for k in (_MASK, _CLASS)}
+
+
+def _compare(dl2, model, post, x):
+  """End-to-end output differences, `panoptic_pred` identity and the per-layer decoder trace."""
+  theirs = dl2(x, training=False, post_processing=True)
+  ours = model(x, training=False)
+  diffs = {k: _max_diff(theirs[k], ours[k]) for k in _OUTPUTS}
+  ours_panoptic = post(ours[_MASK], ours[_CLASS])
+  largest = max(float(np.max(np.abs(theirs[k]))) for k in (_MASK, _CLASS))
+  trace = _decoder_trace(dl2, model, x)
+  return {
+      "max_abs_logit_diff": max(diffs[_MASK], diffs[_CLASS]), "output_diffs": diffs,
+      "panoptic_pred_identical": bool(np.array_equal(theirs["panoptic_pred"].numpy(),
+                                                     ours_panoptic["panoptic_pred"].numpy())),
+      "max_abs_logit": largest, "float32_spacing_at_max_logit": float(
+          np.spacing(np.float32(largest))),
+      "assignment_flips": sum(layer["assignment_flips"] for layer in trace),
+      "decoder_trace": trace}
+
+
+def _with_grouped_depthwise_convs(model, fn):
+  """Runs `fn()` with kmax-tf's ConvNeXt depthwise convolutions computed by deeplab2's op.
+
+  deeplab2's ConvNeXt runs its 7x7 depthwise convolutions as a grouped `Conv2D` (groups = C),
+  which TensorFlow executes through XLA on CPU; kmax-tf uses the native depthwise kernel (its
+  `ChannelwiseConv2D`, ~28x faster). The two sum the 49 taps in different orders. Swapping the
+  op isolates that one difference. Returns None when the model has no such layer.
+  """
+  # pylint: disable=import-outside-toplevel
+  import keras  # Keras 3 (kmax-tf); TF_USE_LEGACY_KERAS only redirects tf.keras
+  from kmax_tf.model.backbones import convnext
+
+  layers = [layer for layer in model.encoder._flatten_layers()  # pylint: disable=protected-access
+            if isinstance(layer, convnext.ChannelwiseConv2D)]
+  if not layers:
+    return None
+  native = convnext.ChannelwiseConv2D.convolution_op
+  convnext.ChannelwiseConv2D.convolution_op = keras.layers.Conv2D.convolution_op
+  try:
+    return fn()
+  finally:
+    convnext.ChannelwiseConv2D.convolution_op = native
+
+
 def _train_step_fn(model, call):
   """A compiled step; plain SGD via `assign_sub` works on tf_keras and Keras 3 variables alike."""
 
@@ -148,6 +262,7 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--tolerance", type=float, default=1e-4)
+  parser.add_argument("--no_timing", action="store_true", help="only the numerical comparison")
   args = parser.parse_args(argv)
   sys.path.insert(0, os.path.abspath(args.deeplab2_dir))
 
@@ -184,41 +299,40 @@ def main(argv=None):
     convert_deeplab2.assign_from_deeplab2(model, saved)
 
   x = tf.constant(rng.uniform(0, 255, (args.batch, crop, crop, 3)).astype(np.float32))
-  theirs_fn = tf.function(lambda t: dl2(t, training=False, post_processing=True))
-  ours_fn = tf.function(lambda t: model(t, training=False))
-  theirs, ours = theirs_fn(x), ours_fn(x)
-  diffs = {k: _max_diff(theirs[k], ours[k]) for k in _OUTPUTS}
-  dataset = builder.dataset_of(ours_options)
-  post = postprocess.PostProcessor.from_options(ours_options.evaluator_options, dataset,
-                                                (crop, crop))
-  ours_panoptic = post(ours["pixel_space_mask_logits"], ours["transformer_class_logits"])
-  panoptic_identical = bool(np.array_equal(theirs["panoptic_pred"].numpy(),
-                                           ours_panoptic["panoptic_pred"].numpy()))
+  post = postprocess.PostProcessor.from_options(ours_options.evaluator_options,
+                                                builder.dataset_of(ours_options), (crop, crop))
+  comparison = _compare(dl2, model, post, x)
+  grouped = _with_grouped_depthwise_convs(model, lambda: _compare(dl2, model, post, x))
+  if grouped is not None:
+    comparison["with_deeplab2_grouped_depthwise_conv"] = {
+        k: grouped[k] for k in ("max_abs_logit_diff", "output_diffs", "panoptic_pred_identical",
+                                "assignment_flips")}
+  noise_floor = _noise_floor(dl2, x, rng)
   components, first_difference = _components(dl2, model, x, args.tolerance)
 
-  times = {
-      "deeplab2_forward_s": timing.median_seconds(
-          lambda: [v.numpy() for v in theirs_fn(x).values()], args.repeats, warmup=1),
-      "kmax_tf_forward_s": timing.median_seconds(
-          lambda: [v.numpy() for v in ours_fn(x).values()], args.repeats, warmup=1),
-  }
-  theirs_step = _train_step_fn(dl2, lambda t: dl2(t, training=True))
-  ours_step = _train_step_fn(model, lambda t: model(t, training=True))
-  times["deeplab2_train_step_s"] = timing.median_seconds(lambda: theirs_step(x).numpy(), args.repeats,
-                                                          warmup=1)
-  times["kmax_tf_train_step_s"] = timing.median_seconds(lambda: ours_step(x).numpy(), args.repeats,
-                                                         warmup=1)
-  times["ratio_forward"] = times["kmax_tf_forward_s"] / times["deeplab2_forward_s"]
-  times["ratio_train_step"] = times["kmax_tf_train_step_s"] / times["deeplab2_train_step_s"]
+  times = {}
+  if not args.no_timing:
+    theirs_fn = tf.function(lambda t: dl2(t, training=False, post_processing=True))
+    ours_fn = tf.function(lambda t: model(t, training=False))
+    times["deeplab2_forward_s"] = timing.median_seconds(
+        lambda: [v.numpy() for v in theirs_fn(x).values()], args.repeats, warmup=1)
+    times["kmax_tf_forward_s"] = timing.median_seconds(
+        lambda: [v.numpy() for v in ours_fn(x).values()], args.repeats, warmup=1)
+    theirs_step = _train_step_fn(dl2, lambda t: dl2(t, training=True))
+    ours_step = _train_step_fn(model, lambda t: model(t, training=True))
+    times["deeplab2_train_step_s"] = timing.median_seconds(lambda: theirs_step(x).numpy(),
+                                                            args.repeats, warmup=1)
+    times["kmax_tf_train_step_s"] = timing.median_seconds(lambda: ours_step(x).numpy(),
+                                                           args.repeats, warmup=1)
+    times["ratio_forward"] = times["kmax_tf_forward_s"] / times["deeplab2_forward_s"]
+    times["ratio_train_step"] = times["kmax_tf_train_step_s"] / times["deeplab2_train_step_s"]
 
-  numeric = [v for v in diffs.values() if isinstance(v, float)]
   print(json.dumps({
       "benchmark": "vs_deeplab2", "config": os.path.basename(config_file), "crop": crop,
-      "batch": args.batch, "max_abs_logit_diff": max(numeric) if numeric else None,
-      "output_diffs": diffs, "within_tolerance": bool(
-          len(numeric) == len(diffs) and max(numeric) <= args.tolerance),
-      "panoptic_pred_identical": panoptic_identical,
-      "first_differing_component": first_difference, "component_diffs": components,
+      "batch": args.batch, "tolerance": args.tolerance,
+      "within_tolerance": comparison["max_abs_logit_diff"] <= args.tolerance, **comparison,
+      "deeplab2_noise_floor": noise_floor, "first_differing_component": first_difference,
+      "component_diffs": components,
       "build_s": {"deeplab2": build_deeplab2, "kmax_tf": build_ours}, **times,
   }, sort_keys=False))
 

@@ -28,6 +28,10 @@ Forms of deeplab2 checkpoint recognised (`checkpoint_form`):
   keras:   ConvNeXt `pretrained_weights` (Keras `save_weights` of the ConvNeXt model: keys at the
            root, e.g. `stages/0/layer_with_weights-0/...`).
 Backbone-only forms must cover exactly the kmax-tf backbone's variables.
+
+Initialisation like deeplab2 (`initialize_from_options`): `backbone.pretrained_weights` (ConvNeXt
+only, any backbone form, `load_pretrained_weights`) and then `initial_checkpoint` (any deeplab2
+form, or a kmax-tf checkpoint, `load_initial_checkpoint`).
 """
 from __future__ import annotations
 
@@ -140,16 +144,20 @@ def _rewrite(key: str, rules) -> str:
   return key
 
 
+def backbone_key(deeplab2_key: str, backbone_name: str, form: str) -> str:
+  """The kmax-tf key (`<backbone name>/...`) of a deeplab2 backbone variable key."""
+  relative = _strip(deeplab2_key[len(_BACKBONE_PREFIXES[form]):])
+  return f"{backbone_name}/" + _rewrite(relative, _BACKBONE_RULES)
+
+
 def kmax_key(deeplab2_key: str, model, form: str = FULL) -> str:
   """The kmax-tf variable key (`ModelVariables` key) a raw deeplab2 checkpoint key maps to.
 
   Keys that no rule recognises come back stripped but otherwise unchanged (and then match no
   kmax-tf variable, so `build_mapping` reports them).
   """
-  prefix = _BACKBONE_PREFIXES[form]
-  if deeplab2_key.startswith(prefix):
-    relative = _strip(deeplab2_key[len(prefix):])
-    return f"{model.encoder.name}/" + _rewrite(relative, _BACKBONE_RULES)
+  if deeplab2_key.startswith(_BACKBONE_PREFIXES[form]):
+    return backbone_key(deeplab2_key, model.encoder.name, form)
   key = _rewrite(_strip(deeplab2_key), _RULES)
   # deeplab2 numbers the kMaX layers 0..5 over all strides; kmax-tf names them by stride.
   layers = [layer.name for layer in model.transformer_decoder.kmax_layers]
@@ -168,37 +176,29 @@ def _compatible(source_shape, target_shape) -> bool:
   return len(target_shape) == 1 and int(np.prod(source_shape)) == target_shape[0]
 
 
-def _target_variables(model, backbone_only: bool) -> dict:
-  """`{key: variable}` a conversion must fill: all weights but RNG states (or the backbone's)."""
+def _target_variables(model) -> dict:
+  """`{key: variable}` a full conversion must fill: all weights but RNG states."""
   by_path = checkpoints.ModelVariables(model).by_path
-  if backbone_only:
-    wanted = {id(v) for v in model.encoder.variables}
-    by_path = {k: v for k, v in by_path.items() if id(v) in wanted}
   return {k: v for k, v in by_path.items() if "seed_generator" not in k}
 
 
-def build_mapping(source_shapes: dict, model) -> tuple[str, dict]:
-  """Maps a deeplab2 checkpoint listing onto `model`.
+def _backbone_variables(backbone) -> dict:
+  """`{<backbone name>/...: variable}` of a backbone, alone or inside a kMaX model."""
+  targets = {}
+  for variable in backbone.variables:
+    if "seed_generator" in variable.path:
+      continue
+    # Inside a model the path may carry the model's name first; keys start at the backbone.
+    start = variable.path.find(f"{backbone.name}/")
+    targets[variable.path[max(start, 0):]] = variable
+  return targets
 
-  Args:
-    source_shapes: `{raw checkpoint key: shape}` (e.g. from `tf.train.list_variables`).
-    model: a built kmax-tf `KMaXDeepLab`.
 
-  Returns:
-    (form, `{raw deeplab2 key: kmax-tf key}`), covering every model value of the checkpoint and
-    every kmax-tf variable of the model (of its backbone for backbone-only forms).
-
-  Raises:
-    ConversionError: with the full list of unmapped, missing, duplicate and mismatched variables.
-  """
-  keys = [k for k in source_shapes if is_model_value(k)]
-  if not keys:
-    raise ConversionError("the checkpoint holds no model variables")
-  form = checkpoint_form(keys)
-  targets = _target_variables(model, backbone_only=form != FULL)
+def _match(source_shapes: dict, keys, targets: dict, key_fn, form: str, what: str) -> dict:
+  """`{source key: target key}`; raises `ConversionError` listing every problem at once."""
   mapping, problems, sources_of = {}, [], {}
   for key in sorted(keys):
-    target = kmax_key(key, model, form)
+    target = key_fn(key)
     if target not in targets:
       problems.append(f"unmapped deeplab2 variable {key} {list(source_shapes[key])} "
                       f"(-> {target}, not a variable of the model)")
@@ -217,8 +217,55 @@ def build_mapping(source_shapes: dict, model) -> tuple[str, dict]:
                     "deeplab2 variable")
   if problems:
     raise ConversionError(f"{len(problems)} problem(s) mapping a deeplab2 {form} checkpoint onto "
-                          f"{model.name}:\n  " + "\n  ".join(problems))
+                          f"{what}:\n  " + "\n  ".join(problems))
+  return mapping
+
+
+def _model_keys(source_shapes: dict) -> list:
+  keys = [k for k in source_shapes if is_model_value(k)]
+  if not keys:
+    raise ConversionError("the checkpoint holds no model variables")
+  return keys
+
+
+def build_backbone_mapping(source_shapes: dict, backbone) -> tuple[str, dict]:
+  """Maps a backbone-only deeplab2 checkpoint listing (`encoder`, `garden` or `keras` form) onto
+  a kmax-tf backbone; returns (form, `{raw deeplab2 key: backbone variable key}`).
+
+  Raises:
+    ConversionError: for a full kMaX checkpoint, or listing every unmapped, missing, duplicate
+      and mismatched variable.
+  """
+  keys = _model_keys(source_shapes)
+  form = checkpoint_form(keys)
+  if form == FULL:
+    raise ConversionError("a full kMaX-DeepLab checkpoint is not a backbone checkpoint (give it "
+                          "as model_options.initial_checkpoint instead)")
+  mapping = _match(source_shapes, keys, _backbone_variables(backbone),
+                   lambda key: backbone_key(key, backbone.name, form), form, backbone.name)
   return form, mapping
+
+
+def build_mapping(source_shapes: dict, model) -> tuple[str, dict]:
+  """Maps a deeplab2 checkpoint listing onto `model`.
+
+  Args:
+    source_shapes: `{raw checkpoint key: shape}` (e.g. from `tf.train.list_variables`).
+    model: a built kmax-tf `KMaXDeepLab`.
+
+  Returns:
+    (form, `{raw deeplab2 key: kmax-tf key}`), covering every model value of the checkpoint and
+    every kmax-tf variable of the model (of its backbone for backbone-only forms).
+
+  Raises:
+    ConversionError: with the full list of unmapped, missing, duplicate and mismatched variables.
+  """
+  keys = _model_keys(source_shapes)
+  form = checkpoint_form(keys)
+  if form != FULL:
+    return build_backbone_mapping(source_shapes, model.encoder)
+  return form, _match(source_shapes, keys, _target_variables(model),
+                      lambda key: kmax_key(key, model, form), form, model.name)
 
 
 def _resolve(path: str) -> str:
@@ -230,18 +277,61 @@ def _resolve(path: str) -> str:
   return path
 
 
+def _assign(reader, mapping: dict, targets: dict) -> None:
+  for key, target in mapping.items():
+    variable = targets[target]
+    value = np.reshape(reader.get_tensor(key), variable.shape)
+    variable.assign(value.astype(variable.dtype))
+
+
 def assign_from_deeplab2(model, path: str) -> str:
   """Loads a deeplab2 checkpoint (prefix or directory) into `model`; returns its form."""
   path = _resolve(path)
   reader = tf.train.load_checkpoint(path)
   form, mapping = build_mapping(reader.get_variable_to_shape_map(), model)
-  targets = _target_variables(model, backbone_only=form != FULL)
-  for key, target in mapping.items():
-    variable = targets[target]
-    value = np.reshape(reader.get_tensor(key), variable.shape)
-    variable.assign(value.astype(variable.dtype))
+  targets = _target_variables(model) if form == FULL else _backbone_variables(model.encoder)
+  _assign(reader, mapping, targets)
   logging.info("Loaded %d variables of a deeplab2 %s checkpoint %s", len(mapping), form, path)
   return form
+
+
+def load_pretrained_weights(backbone, path: str) -> str:
+  """deeplab2's `backbone.pretrained_weights`: loads a backbone checkpoint into `backbone`.
+
+  deeplab2 calls `load_weights(path)` on its freshly built ConvNeXt, i.e. reads a TF checkpoint
+  of that Keras model (`keras` form: the ImageNet weights converted from the official ConvNeXt
+  release); the `encoder` and `garden` backbone forms are accepted too. Every backbone variable
+  must be filled (deeplab2 only asserts a non-trivial match; a partial backbone is a wrong file
+  here). Returns the checkpoint's form.
+  """
+  path = _resolve(path)
+  reader = tf.train.load_checkpoint(path)
+  form, mapping = build_backbone_mapping(reader.get_variable_to_shape_map(), backbone)
+  _assign(reader, mapping, _backbone_variables(backbone))
+  logging.info("Loaded %d pretrained %s weights (deeplab2 %s form) from %s", len(mapping),
+               backbone.name, form, path)
+  return form
+
+
+def initialize_from_options(model, model_options) -> None:
+  """deeplab2's initialisation of a new training run, in deeplab2's order.
+
+  1. `backbone.pretrained_weights` into the backbone: deeplab2 reads it while building ConvNeXt
+     (and MOAT) backbones and ignores it for the (Axial-)ResNets, so does this;
+  2. `initial_checkpoint` over it (`load_initial_checkpoint`), as deeplab2's trainer does before
+     the first step.
+  Nothing happens when neither is set.
+  """
+  pretrained = model_options.backbone.pretrained_weights
+  if pretrained:
+    if "convnext" in model_options.backbone.name:
+      load_pretrained_weights(model.encoder, pretrained)
+    else:
+      logging.warning("backbone.pretrained_weights is ignored for %s (deeplab2 reads it only "
+                      "for ConvNeXt backbones); use initial_checkpoint",
+                      model_options.backbone.name)
+  if model_options.initial_checkpoint:
+    load_initial_checkpoint(model, model_options.initial_checkpoint)
 
 
 def _global_step(path: str) -> int:

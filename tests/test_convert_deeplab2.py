@@ -7,6 +7,7 @@ converted checkpoint holds exactly the source tensors.
 """
 import json
 import pathlib
+import types
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from kmax_tf import config
 from kmax_tf import configs
 from kmax_tf import convert_deeplab2
 from kmax_tf.model import builder
+from kmax_tf.model.backbones import convnext
 from kmax_tf.trainer import checkpoints
 
 _LISTINGS = pathlib.Path(__file__).parent / "data" / "deeplab2_variables"
@@ -112,7 +114,9 @@ def test_resnet50_checkpoints_convert_and_load(listing_name, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("listing_name", ["coco_convnext_tiny_os32_full",
-                                          "coco_convnext_tiny_os32_keras"])
+                                          "coco_convnext_tiny_os32_keras",
+                                          "coco_convnext_large_os32_full",
+                                          "coco_convnext_large_os32_keras"])
 def test_convnext_checkpoints_convert_and_load(listing_name, tmp_path):
   listing = _listing(listing_name)
   _convert_and_check(_model(listing["kmax_tf_config"]), listing, tmp_path)
@@ -164,6 +168,79 @@ def test_initial_checkpoint_accepts_deeplab2_and_kmax_tf_formats(tmp_path):
   _zero(model.encoder.variables)
   convert_deeplab2.load_initial_checkpoint(model, str(tmp_path / "kmax"))
   _assert_holds(model, values, "kmax-tf")
+
+
+def _convnext_tiny_backbone():
+  if "convnext_tiny" not in _MODELS:
+    _MODELS["convnext_tiny"] = convnext.build_convnext("convnext_tiny")
+  return _MODELS["convnext_tiny"]
+
+
+def test_pretrained_weights_load_into_convnext_backbone(tmp_path):
+  # deeplab2's ConvNeXt `pretrained_weights`: a TF checkpoint of the Keras ConvNeXt model.
+  listing = _listing("coco_convnext_tiny_os32_keras")
+  backbone = _convnext_tiny_backbone()
+  values = _write_checkpoint(listing["variables"], str(tmp_path / "weights"), seed=2)
+  _zero(backbone.variables)
+  assert convert_deeplab2.load_pretrained_weights(backbone, str(tmp_path / "weights")) == "keras"
+  _, mapping = convert_deeplab2.build_backbone_mapping({k: v.shape for k, v in values.items()},
+                                                       backbone)
+  assert len(mapping) == len(backbone.variables)
+  by_path = {v.path: v for v in backbone.variables}
+  for key, value in values.items():
+    np.testing.assert_array_equal(by_path[mapping[key]].numpy(), value.reshape(
+        by_path[mapping[key]].shape), err_msg=key)
+
+
+def test_pretrained_weights_reject_full_and_foreign_checkpoints():
+  backbone = _convnext_tiny_backbone()
+  full = dict(_listing("coco_convnext_tiny_os32_full")["variables"])
+  with pytest.raises(convert_deeplab2.ConversionError, match="initial_checkpoint"):
+    convert_deeplab2.build_backbone_mapping(full, backbone)
+  # A ResNet-50 ImageNet checkpoint does not fit ConvNeXt: every problem is listed.
+  resnet = dict(_listing("coco_r50_os32_encoder")["variables"])
+  with pytest.raises(convert_deeplab2.ConversionError) as error:
+    convert_deeplab2.build_backbone_mapping(resnet, backbone)
+  message = str(error.value)
+  assert "unmapped deeplab2 variable encoder/_stage2/_block1/_conv1_bn_act/_conv/kernel" in message
+  assert ("shape mismatch: deeplab2 encoder/_stem/_conv/kernel/.ATTRIBUTES/VARIABLE_VALUE "
+          "[7, 7, 3, 64] vs kmax-tf convnext_tiny/stem/conv/kernel [4, 4, 3, 96]") in message
+  assert "missing: kmax-tf variable convnext_tiny/stem/norm/gamma [96]" in message
+
+
+def _model_options(backbone_name, pretrained_weights="", initial_checkpoint=""):
+  options = config.load_config(configs.config_path("synthetic/kmax_tiny.textproto"),
+                               {"DATA_DIR": "unused", "EXPERIMENT_NAME": "unused"},
+                               validate=False).model_options
+  options.backbone.name = backbone_name
+  options.backbone.pretrained_weights = pretrained_weights
+  options.initial_checkpoint = initial_checkpoint
+  return options
+
+
+def test_initialize_from_options_follows_deeplab2(tmp_path):
+  # ConvNeXt: `pretrained_weights` goes into the backbone (deeplab2 loads it at build time).
+  values = _write_checkpoint(_listing("coco_convnext_tiny_os32_keras")["variables"],
+                             str(tmp_path / "convnext"), seed=3)
+  backbone = _convnext_tiny_backbone()
+  _zero(backbone.variables)
+  convert_deeplab2.initialize_from_options(
+      types.SimpleNamespace(encoder=backbone),
+      _model_options("kmax_convnext_tiny", pretrained_weights=str(tmp_path / "convnext")))
+  stem = "downsample_layers/0/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+  kernel = {v.path: v for v in backbone.variables}["convnext_tiny/stem/conv/kernel"]
+  np.testing.assert_array_equal(kernel.numpy(), values[stem])
+
+  # ResNet: deeplab2 ignores `pretrained_weights` (no file is even opened) and loads
+  # `initial_checkpoint`.
+  listing = _listing("coco_r50_os32_encoder")
+  model = _model(listing["kmax_tf_config"])
+  values = _write_checkpoint(listing["variables"], str(tmp_path / "r50" / "ckpt-1"), seed=4)
+  _zero(model.encoder.variables)
+  convert_deeplab2.initialize_from_options(model, _model_options(
+      "kmax_resnet50", pretrained_weights=str(tmp_path / "does_not_exist"),
+      initial_checkpoint=str(tmp_path / "r50" / "ckpt-1")))
+  _assert_holds(model, values, "encoder")
 
 
 def test_cli_reports_mismatches_and_exits_nonzero(tmp_path, capsys):

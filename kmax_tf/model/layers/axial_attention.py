@@ -25,6 +25,18 @@ def relative_distance_index(length):
   return ops.clip(index, 0, 2 * MAX_SPAN - 2)
 
 
+def flat_matmul(inputs, kernel):
+  """`[B, L, C] x [C, D] -> [B, L, D]` as ONE `[B*L, C] x [C, D]` matmul.
+
+  That is the product deeplab2's `tf.einsum("nlc,cd->nld")` runs. `keras.ops.einsum` maps the same
+  equation to a batched matmul per sequence, whose float32 rounding differs; the kMaX decoder
+  amplifies such differences by ~1e5 under random weights (benchmarks/vs_deeplab2.py), so this
+  keeps converted deeplab2 models bit-identical.
+  """
+  outputs = ops.matmul(ops.reshape(inputs, (-1, inputs.shape[-1])), kernel)
+  return ops.reshape(outputs, (-1, ops.shape(inputs)[1], kernel.shape[-1]))
+
+
 @keras.saving.register_keras_serializable(package="kmax_tf")
 class AxialAttention(keras.layers.Layer):
   """Global multi-head attention along axis 1 of `[B, L, C]` -> `[B, L, total_value_depth]`.
@@ -71,7 +83,7 @@ class AxialAttention(keras.layers.Layer):
   def call(self, inputs, training=None):
     length = ops.shape(inputs)[1]
     heads, dk, dv = self.num_heads, self._key_depth, self._value_depth
-    qkv = ops.einsum("blc,cd->bld", inputs, ops.cast(self.qkv_kernel, inputs.dtype))
+    qkv = flat_matmul(inputs, ops.cast(self.qkv_kernel, inputs.dtype))
     qkv = self.batch_norm_qkv(qkv, training=training)
     query, key, value = ops.split(
         qkv, [self.total_key_depth, 2 * self.total_key_depth], axis=-1)
