@@ -2,6 +2,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kmax_tf.protos import trainer_pb2
 from kmax_tf.trainer import optimizer as optimizer_lib
@@ -91,3 +92,30 @@ def test_backbone_gets_its_own_optimizer_with_scaled_rate():
   # Without the field, one optimizer updates everything.
   single = optimizer_lib.build_optimizers(_solver(), model.trainable_variables, backbone_variables)
   assert single.backbone is None and len(single.main_variables) == len(model.trainable_variables)
+
+
+@pytest.mark.parametrize("weight_decay", [None, 0.05])
+def test_step_shared_adam_equals_keras_adam(weight_decay):
+  """Three scheduled steps in a tf.function: the same weights as Keras's own optimizer."""
+  schedule = optimizer_lib.build_learning_rate_schedule(_solver(warmup_steps=2))
+  models = [_toy_model(), _toy_model()]
+  models[1].set_weights(models[0].get_weights())
+  ours = optimizer_lib.StepSharedAdam(learning_rate=schedule, weight_decay=weight_decay)
+  keras_adam = keras.optimizers.Adam(learning_rate=schedule, weight_decay=weight_decay)
+  for optimizer, model in ((ours, models[0]), (keras_adam, models[1])):
+    optimizer.exclude_from_weight_decay(
+        var_list=[v for v in model.trainable_variables if not optimizer_lib.decays_weight(v)])
+  steps = []
+  for optimizer, model in ((ours, models[0]), (keras_adam, models[1])):
+    optimizer.build(model.trainable_variables)
+    steps.append(tf.function(
+        lambda grads, o=optimizer, m=model: o.apply(grads, m.trainable_variables)))
+  rng = np.random.default_rng(1)
+  for _ in range(3):
+    gradients = [tf.constant(rng.normal(size=v.shape).astype(np.float32))
+                 for v in models[0].trainable_variables]
+    for step in steps:
+      step(gradients)
+  for mine, reference in zip(models[0].trainable_variables, models[1].trainable_variables):
+    np.testing.assert_array_equal(mine.numpy(), reference.numpy(), err_msg=mine.path)
+  assert int(ours.iterations.numpy()) == 3
