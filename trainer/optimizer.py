@@ -140,8 +140,6 @@ def _make_optimizer(solver_options, schedule, variables: Sequence):
     optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
   else:
     raise ValueError(f"Unknown optimizer {kind!r}")
-  if solver_options.use_gradient_clipping:
-    optimizer.global_clipnorm = solver_options.clip_gradient_norm
   return optimizer
 
 
@@ -155,6 +153,7 @@ class Optimizers:
   main_variables: list
   backbone: keras.optimizers.Optimizer | None = None
   backbone_variables: list = dataclasses.field(default_factory=list)
+  clip_gradient_norm: float | None = None
 
   @property
   def learning_rate(self):
@@ -162,7 +161,18 @@ class Optimizers:
     return self.main.learning_rate
 
   def apply_gradients(self, gradients_by_variable: dict):
-    """Applies `{id(variable): gradient}` with the optimizer that owns each variable."""
+    """Applies `{id(variable): gradient}` with the optimizer that owns each variable.
+
+    With `clip_gradient_norm`, all gradients are first scaled together to that global norm, as
+    deeplab2 clips them before splitting them between its optimizers (a per-optimizer
+    `global_clipnorm` would measure two separate norms). Under a distribution strategy this
+    clips each replica's gradients, as deeplab2 does.
+    """
+    if self.clip_gradient_norm:
+      keys = list(gradients_by_variable)
+      clipped, _ = tf.clip_by_global_norm([gradients_by_variable[k] for k in keys],
+                                          self.clip_gradient_norm)
+      gradients_by_variable = dict(zip(keys, clipped))
     for optimizer, variables in ((self.main, self.main_variables),
                                  (self.backbone, self.backbone_variables)):
       if optimizer is not None and variables:
@@ -199,4 +209,5 @@ def build_optimizers(solver_options, trainable_variables: Sequence,
     main_variables, backbone_list, backbone = list(trainable_variables), [], None
   main = _make_optimizer(solver_options, build_learning_rate_schedule(solver_options),
                          main_variables)
-  return Optimizers(main, main_variables, backbone, backbone_list)
+  clip = solver_options.clip_gradient_norm if solver_options.use_gradient_clipping else None
+  return Optimizers(main, main_variables, backbone, backbone_list, clip_gradient_norm=clip)

@@ -119,3 +119,24 @@ def test_step_shared_adam_equals_keras_adam(weight_decay):
   for mine, reference in zip(models[0].trainable_variables, models[1].trainable_variables):
     np.testing.assert_array_equal(mine.numpy(), reference.numpy(), err_msg=mine.path)
   assert int(ours.iterations.numpy()) == 3
+
+
+def test_gradient_clipping_uses_one_norm_over_both_optimizers():
+  """SGD's first step is w - lr * g: with clipping, g scaled by clip / ||all gradients||."""
+  model = _toy_model()
+  backbone_variables = model.get_layer("conv").trainable_variables
+  solver = _solver(optimizer="sgd", warmup_steps=0, backbone_learning_rate_multiplier=1.0,
+                   use_gradient_clipping=True, clip_gradient_norm=0.5)
+  optimizers = optimizer_lib.build_optimizers(solver, model.trainable_variables,
+                                              backbone_variables)
+  before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+  rng = np.random.default_rng(2)
+  gradients = {id(v): rng.normal(size=v.shape).astype(np.float32)
+               for v in model.trainable_variables}
+  global_norm = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in gradients.values()))
+  assert global_norm > 0.5
+  optimizers.apply_gradients(gradients)
+  for variable in model.trainable_variables:
+    expected = before[variable.path] - 5e-4 * gradients[id(variable)] * 0.5 / global_norm
+    np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-5, atol=1e-8,
+                               err_msg=variable.path)
