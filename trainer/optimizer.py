@@ -209,5 +209,11 @@ def build_optimizers(solver_options, trainable_variables: Sequence,
     main_variables, backbone_list, backbone = list(trainable_variables), [], None
   main = _make_optimizer(solver_options, build_learning_rate_schedule(solver_options),
                          main_variables)
+  # Built now, not lazily in the first apply: slot variables created inside the compiled train
+  # loop make tf.function trace the whole step twice (once creating them, once without), and
+  # under MirroredStrategy their initialisation cannot be lifted out of the loop at all.
+  main.build(main_variables)
+  if backbone is not None:
+    backbone.build(backbone_list)
   clip = solver_options.clip_gradient_norm if solver_options.use_gradient_clipping else None
   return Optimizers(main, main_variables, backbone, backbone_list, clip_gradient_norm=clip)
