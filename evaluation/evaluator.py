@@ -70,9 +70,12 @@ class Evaluator:
         coco_ap.PanopticInstanceAP(d.num_classes, d.thing_class_ids, d.panoptic_label_divisor,
                                    d.ignore_label))
 
-  def evaluate(self, eval_dataset, num_steps: int | None = None) -> dict:
+  def evaluate(self, eval_dataset, num_steps: int | None = None,
+               overlays: list | None = None) -> dict:
     """Runs over `eval_dataset` (batch-1 dicts: image, size_raw, panoptic_raw, semantic_raw,
-    is_crowd_raw, image_name); `num_steps` defaults to `eval_steps` (-1: all)."""
+    is_crowd_raw, image_name); `num_steps` defaults to `eval_steps` (-1: all). Colour overlays
+    (uint8 `[H, W, 3]` at raw size) of the first `num_vis_samples` images are appended to
+    `overlays` if it is a list."""
     if num_steps is None:
       num_steps = self.options.eval_steps
     pq, iou, ap = self._metrics()
@@ -96,6 +99,10 @@ class Evaluator:
                        predictions["semantic_pred"][0].numpy())
       ap.update_state(gt_panoptic, panoptic, predictions["semantic_scores"][0].numpy(),
                       predictions["instance_scores"][0].numpy(), is_crowd=is_crowd)
+      if overlays is not None and step < self.options.num_vis_samples:
+        image = np.asarray(sample["image"])[0]
+        overlays.append(panoptic_overlay(image[:panoptic.shape[0], :panoptic.shape[1]], panoptic,
+                                         self.dataset))
       if self.options.save_predictions:
         name = np.asarray(sample["image_name"]).reshape(-1)[0]
         name = name.decode() if isinstance(name, bytes) else str(name)
@@ -190,12 +197,15 @@ def summary_logs(results: dict) -> dict:
   return logs
 
 
-def build_orbit_evaluator(options, model, strategy, model_dir: str, eval_dataset=None):
+def build_orbit_evaluator(options, model, strategy, model_dir: str, eval_dataset=None,
+                          global_step=None, num_summary_images: int = 3):
   """An `orbit.AbstractEvaluator` for `train_lib`: runs `Evaluator` on the host (batch 1).
 
   `eval_dataset` (an iterable of eval samples) defaults to the eval split read by
   `kmax_tf.data.reader.build_dataset(options.eval_dataset_options, is_training=False)`.
-  Predictions go to `<model_dir>/vis` unless `override_save_dir` is set.
+  Predictions go to `<model_dir>/vis` unless `override_save_dir` is set. With `global_step`,
+  each evaluation also writes the overlays of its first `num_summary_images` images
+  (`images/panoptic_prediction_<i>`) to the default summary writer (Orbit's eval writer).
   """
   import orbit  # pylint: disable=import-outside-toplevel
   from kmax_tf.datasets import get_dataset  # pylint: disable=import-outside-toplevel
@@ -209,7 +219,10 @@ def build_orbit_evaluator(options, model, strategy, model_dir: str, eval_dataset
   class _OrbitEvaluator(orbit.AbstractEvaluator):
 
     def evaluate(self, num_steps):
-      results = runner.evaluate(eval_dataset, num_steps=int(num_steps))
+      overlays = [] if global_step is not None else None
+      results = runner.evaluate(eval_dataset, num_steps=int(num_steps), overlays=overlays)
+      for index, overlay in enumerate((overlays or [])[:num_summary_images]):
+        tf.summary.image(f"images/panoptic_prediction_{index}", overlay[None], step=global_step)
       return summary_logs(results)
 
   return _OrbitEvaluator()

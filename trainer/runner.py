@@ -15,6 +15,7 @@ import tensorflow as tf
 from absl import logging
 
 from kmax_tf.trainer import optimizer as optimizer_lib
+from kmax_tf.trainer import summaries
 
 TOTAL_LOSS = "total_loss"
 
@@ -34,7 +35,7 @@ class KMaXTrainer(orbit.StandardTrainer):
   def __init__(self, *, strategy: tf.distribute.Strategy, model: keras.Model,
                loss: Callable, loss_names, optimizers: optimizer_lib.Optimizers,
                train_dataset, global_step: tf.Variable, total_steps: int,
-               jit_compile: bool = False):
+               jit_compile: bool = False, panoptic_overlay: Callable | None = None):
     """Args:
       strategy: the distribution strategy the model and optimizers were built under.
       model: maps images `[B, H, W, 3]` to the output dict of `KMaXDeepLab`.
@@ -46,6 +47,9 @@ class KMaXTrainer(orbit.StandardTrainer):
       global_step: incremented once per step; checkpoints and summaries key on it.
       total_steps: `training_number_of_steps`, for the ETA.
       jit_compile: compile the per-replica step with XLA.
+      panoptic_overlay: `overlay(images [1, H, W, 3]) -> uint8 [1, H, W, 3]`; when given, every
+        loop that writes summaries also writes the first image of the last batch
+        (`images/input`) and the prediction drawn over it (`images/panoptic_prediction`).
     """
     self._strategy = strategy
     self._model = model
@@ -56,7 +60,12 @@ class KMaXTrainer(orbit.StandardTrainer):
     self._step_fn = tf.function(self._forward_backward, jit_compile=True) if jit_compile else (
         self._forward_backward)
     self._loop_start: tuple[float, int] | None = None
+    self._panoptic_overlay = panoptic_overlay
     with strategy.scope():
+      # The first image of the latest batch (first replica's), for the image summaries.
+      self._last_image = tf.Variable(
+          tf.zeros([0, 0, 0, 3]), shape=tf.TensorShape([None, None, None, 3]), trainable=False,
+          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA, name="last_train_image")
       self._loss_metrics = {name: keras.metrics.Mean(name=f"train_{name}")
                             for name in loss_names}
       if isinstance(strategy, tf.distribute.OneDeviceStrategy):
@@ -109,6 +118,9 @@ class KMaXTrainer(orbit.StandardTrainer):
   def train_step(self, iterator):
     def step(inputs):
       self._step_fn(inputs)
+      if self._panoptic_overlay is not None:
+        # Outside the (possibly XLA-compiled) step: the variable's shape is dynamic.
+        self._last_image.assign(inputs["image"][:1])
       self._global_step.assign_add(1)
 
     self._strategy.run(step, args=(next(iterator),))
@@ -123,6 +135,10 @@ class KMaXTrainer(orbit.StandardTrainer):
           "before this loop is intact: lower the learning rate or check the data, then restart "
           "to resume from it.")
     logs["learning_rate"] = self._optimizers.main.learning_rate
+    if self._panoptic_overlay is not None and bool(tf.summary.should_record_summaries()):
+      image = self._last_image.read_value()
+      summaries.write_images("images/input", image, step)
+      summaries.write_images("images/panoptic_prediction", self._panoptic_overlay(image), step)
     if self._loop_start is not None:
       start_time, start_step = self._loop_start
       elapsed = max(time.time() - start_time, 1e-9)

@@ -13,6 +13,7 @@ from kmax_tf.trainer import checkpoints
 from kmax_tf.trainer import distribution
 from kmax_tf.trainer import optimizer as optimizer_lib
 from kmax_tf.trainer import runner
+from kmax_tf.trainer import summaries
 
 MODES = ("train", "eval", "train_and_eval", "continuous_eval")
 
@@ -42,6 +43,7 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
   """
   # Imported here so that `kmax_tf.trainer` stays importable without building models.
   from kmax_tf import convert_deeplab2  # pylint: disable=import-outside-toplevel
+  from kmax_tf import datasets  # pylint: disable=import-outside-toplevel
   from kmax_tf.data import reader  # pylint: disable=import-outside-toplevel
   from kmax_tf.losses import kmax_loss  # pylint: disable=import-outside-toplevel
   from kmax_tf.model import builder  # pylint: disable=import-outside-toplevel
@@ -85,29 +87,40 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
       trainer = runner.KMaXTrainer(
           strategy=strategy, model=model, loss=loss, loss_names=loss.loss_names,
           optimizers=optimizers, train_dataset=dataset_fn, global_step=global_step,
-          total_steps=total_steps, jit_compile=run_options.jit_compile)
+          total_steps=total_steps, jit_compile=run_options.jit_compile,
+          panoptic_overlay=summaries.PanopticOverlay(
+              model, datasets.get_dataset(options.train_dataset_options.dataset),
+              options.evaluator_options))
       if trainer.train_iterator is not None:
         checkpoint_items["train_iterator"] = trainer.train_iterator
       checkpoint_items["loss_sampler_state"] = loss.seed_generator.state
     if mode != "train":
       from kmax_tf.evaluation import evaluator as evaluator_lib  # pylint: disable=import-outside-toplevel
-      evaluator = evaluator_lib.build_orbit_evaluator(options, model, strategy, model_dir)
+      evaluator = evaluator_lib.build_orbit_evaluator(options, model, strategy, model_dir,
+                                                     global_step=global_step)
 
     init_fn = None
     if options.model_options.initial_checkpoint:
       # A deeplab2 backbone/full checkpoint or a kmax-tf one; the format is detected.
       init_fn = lambda: convert_deeplab2.load_initial_checkpoint(
           model, options.model_options.initial_checkpoint)
+    # Under MultiWorkerMirroredStrategy every worker takes part in saving, but only the chief
+    # writes to model_dir and summaries; the others keep their (identical) copy apart.
+    checkpoint_dir = model_dir
+    if not strategy.extended.should_checkpoint:
+      checkpoint_dir = os.path.join(model_dir, "workers",
+                                    f"worker_{strategy.cluster_resolver.task_id}")
+    summaries_on = strategy.extended.should_save_summary
     manager = checkpoints.ResilientCheckpointManager(
-        tf.train.Checkpoint(**checkpoint_items), directory=model_dir,
+        tf.train.Checkpoint(**checkpoint_items), directory=checkpoint_dir,
         max_to_keep=trainer_options.num_checkpoints_to_keep, step_counter=global_step,
         checkpoint_interval=trainer_options.save_checkpoints_steps, init_fn=init_fn)
     controller = orbit.Controller(
         strategy=strategy, trainer=trainer, evaluator=evaluator, global_step=global_step,
         steps_per_loop=trainer_options.steps_per_loop, checkpoint_manager=manager,
-        summary_interval=trainer_options.save_summaries_steps,
-        summary_dir=os.path.join(model_dir, "train"),
-        eval_summary_dir=os.path.join(model_dir, "eval"))
+        summary_interval=trainer_options.save_summaries_steps if summaries_on else None,
+        summary_dir=os.path.join(model_dir, "train") if summaries_on else None,
+        eval_summary_dir=os.path.join(model_dir, "eval") if summaries_on else None)
 
   evaluator_options = options.evaluator_options
   eval_steps = evaluator_options.eval_steps

@@ -2,6 +2,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kmax_tf.protos import trainer_pb2
 from kmax_tf.trainer import optimizer as optimizer_lib
@@ -91,3 +92,51 @@ def test_backbone_gets_its_own_optimizer_with_scaled_rate():
   # Without the field, one optimizer updates everything.
   single = optimizer_lib.build_optimizers(_solver(), model.trainable_variables, backbone_variables)
   assert single.backbone is None and len(single.main_variables) == len(model.trainable_variables)
+
+
+@pytest.mark.parametrize("weight_decay", [None, 0.05])
+def test_step_shared_adam_equals_keras_adam(weight_decay):
+  """Three scheduled steps in a tf.function: the same weights as Keras's own optimizer."""
+  schedule = optimizer_lib.build_learning_rate_schedule(_solver(warmup_steps=2))
+  models = [_toy_model(), _toy_model()]
+  models[1].set_weights(models[0].get_weights())
+  ours = optimizer_lib.StepSharedAdam(learning_rate=schedule, weight_decay=weight_decay)
+  keras_adam = keras.optimizers.Adam(learning_rate=schedule, weight_decay=weight_decay)
+  for optimizer, model in ((ours, models[0]), (keras_adam, models[1])):
+    optimizer.exclude_from_weight_decay(
+        var_list=[v for v in model.trainable_variables if not optimizer_lib.decays_weight(v)])
+  steps = []
+  for optimizer, model in ((ours, models[0]), (keras_adam, models[1])):
+    optimizer.build(model.trainable_variables)
+    steps.append(tf.function(
+        lambda grads, o=optimizer, m=model: o.apply(grads, m.trainable_variables)))
+  rng = np.random.default_rng(1)
+  for _ in range(3):
+    gradients = [tf.constant(rng.normal(size=v.shape).astype(np.float32))
+                 for v in models[0].trainable_variables]
+    for step in steps:
+      step(gradients)
+  for mine, reference in zip(models[0].trainable_variables, models[1].trainable_variables):
+    np.testing.assert_array_equal(mine.numpy(), reference.numpy(), err_msg=mine.path)
+  assert int(ours.iterations.numpy()) == 3
+
+
+def test_gradient_clipping_uses_one_norm_over_both_optimizers():
+  """SGD's first step is w - lr * g: with clipping, g scaled by clip / ||all gradients||."""
+  model = _toy_model()
+  backbone_variables = model.get_layer("conv").trainable_variables
+  solver = _solver(optimizer="sgd", warmup_steps=0, backbone_learning_rate_multiplier=1.0,
+                   use_gradient_clipping=True, clip_gradient_norm=0.5)
+  optimizers = optimizer_lib.build_optimizers(solver, model.trainable_variables,
+                                              backbone_variables)
+  before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+  rng = np.random.default_rng(2)
+  gradients = {id(v): rng.normal(size=v.shape).astype(np.float32)
+               for v in model.trainable_variables}
+  global_norm = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in gradients.values()))
+  assert global_norm > 0.5
+  optimizers.apply_gradients(gradients)
+  for variable in model.trainable_variables:
+    expected = before[variable.path] - 5e-4 * gradients[id(variable)] * 0.5 / global_norm
+    np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-5, atol=1e-8,
+                               err_msg=variable.path)

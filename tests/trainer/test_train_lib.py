@@ -65,6 +65,40 @@ def uninterrupted_run(data_dir, tmp_path_factory):
   return model_dir, result.stderr
 
 
+def _summary_tags(directory):
+  """{tag: sorted steps} of every summary in the event files of `directory`."""
+  tags = {}
+  for event_file in sorted(pathlib.Path(directory).glob("events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+      for value in event.summary.value:
+        tags.setdefault(value.tag, set()).add(event.step)
+  return {tag: sorted(steps) for tag, steps in tags.items()}
+
+
+def _image_summary(directory, tag, step):
+  """The decoded [H, W, 3] image of summary `tag` at `step` (written by tf.summary.image)."""
+  for event_file in sorted(pathlib.Path(directory).glob("events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+      for value in event.summary.value:
+        if value.tag == tag and event.step == step:
+          encoded = tf.make_ndarray(value.tensor)  # [width, height, png...]
+          return tf.io.decode_png(encoded[2]).numpy()
+  raise AssertionError(f"no image summary {tag} at step {step} in {directory}")
+
+
+def test_train_writes_input_and_panoptic_overlay_images(uninterrupted_run):
+  train_dir = uninterrupted_run[0] / "micro" / "train"
+  tags = _summary_tags(train_dir)
+  assert tags["images/input"] == [2, 4, 6, 8, 10, 12]
+  assert tags["images/panoptic_prediction"] == [2, 4, 6, 8, 10, 12]
+  image = _image_summary(train_dir, "images/input", 12)
+  overlay = _image_summary(train_dir, "images/panoptic_prediction", 12)
+  assert image.shape == overlay.shape == (65, 65, 3)
+  # Half-and-half blend: overlay >= image / 2 everywhere (void keeps the image itself).
+  assert np.all(overlay.astype(int) >= image.astype(int) // 2 - 1)
+  assert image.std() > 0
+
+
 def test_loss_decreases_and_progress_is_logged(uninterrupted_run):
   model_dir, stderr = uninterrupted_run
   assert "steps/s" in stderr and "ETA" in stderr
@@ -109,3 +143,56 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_dir, tmp_path)
   checkpoint = tf.train.latest_checkpoint(str(tmp_path / "run" / "micro"))
   weights = _model_weights(checkpoint)
   assert all(np.isfinite(value).all() for value in weights.values())
+
+
+_WRITE_CHECKPOINTS = """
+import pathlib, sys, time
+import keras, orbit, tensorflow as tf
+from kmax_tf import config
+from kmax_tf.model import builder
+from kmax_tf.trainer import checkpoints, train_lib
+config_file, data_dir, model_dir = sys.argv[1:4]
+options = config.load_config(config_file, {"DATA_DIR": data_dir, "EXPERIMENT_NAME": "micro"})
+keras.utils.set_random_seed(1)
+model = builder.build_model(options)
+step = orbit.utils.create_global_step()
+directory = train_lib.experiment_dir(model_dir, options)
+manager = tf.train.CheckpointManager(tf.train.Checkpoint(
+    global_step=step, model=checkpoints.ModelVariables(model)), directory, max_to_keep=5)
+step.assign(2)
+manager.save(checkpoint_number=2)
+# The second checkpoint appears only once the first one has been evaluated.
+while not (pathlib.Path(directory) / "vis" / "panoptic.json").exists():
+  time.sleep(0.2)
+for variable in model.trainable_variables:
+  variable.assign(variable * 1.01)
+step.assign(4)
+manager.save(checkpoint_number=4)
+"""
+
+
+def test_continuous_eval_evaluates_each_new_checkpoint(data_dir, tmp_path):
+  config_file = tmp_path / "continuous.textproto"
+  config_file.write_text(pathlib.Path(_MICRO).read_text()
+                         .replace("continuous_eval_timeout: 60", "continuous_eval_timeout: 20"))
+  model_dir = tmp_path / "run"
+  writer = subprocess.Popen(
+      [sys.executable, "-c", _WRITE_CHECKPOINTS, str(config_file), str(data_dir), str(model_dir)],
+      env=_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600
+  while not (model_dir / "micro" / "ckpt-2.index").exists():
+    assert writer.poll() is None, writer.stderr.read()
+    assert time.time() < deadline
+    time.sleep(0.2)
+  command = _train_command(data_dir, model_dir)
+  command[3:5] = [f"--config_file={config_file}", "--mode=continuous_eval"]
+  evaluation = subprocess.run(command, env=_environment(), capture_output=True, text=True,
+                              timeout=900, check=False)
+  writer_errors = writer.communicate(timeout=60)[1]
+  assert writer.returncode == 0, writer_errors
+  assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+  tags = _summary_tags(model_dir / "micro" / "eval")
+  for tag in ("evaluation/pq/PQ", "evaluation/iou/IoU", "evaluation/ap/AP_Mask",
+              "images/panoptic_prediction_0", "images/panoptic_prediction_1"):
+    assert tags.get(tag) == [2, 4], (tag, tags)
+  assert "images/panoptic_prediction_2" not in tags  # The eval split has two images.
