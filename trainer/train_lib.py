@@ -99,11 +99,9 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
       evaluator = evaluator_lib.build_orbit_evaluator(options, model, strategy, model_dir,
                                                      global_step=global_step)
 
-    init_fn = None
-    if options.model_options.initial_checkpoint:
-      # A deeplab2 backbone/full checkpoint or a kmax-tf one; the format is detected.
-      init_fn = lambda: convert_deeplab2.load_initial_checkpoint(
-          model, options.model_options.initial_checkpoint)
+    # A new run (no checkpoint in model_dir yet) starts from backbone.pretrained_weights and
+    # then initial_checkpoint (deeplab2 or kmax-tf format, detected), as deeplab2 does.
+    init_fn = lambda: convert_deeplab2.initialize_from_options(model, options.model_options)
     # Under MultiWorkerMirroredStrategy every worker takes part in saving, but only the chief
     # writes to model_dir and summaries; the others keep their (identical) copy apart.
     checkpoint_dir = model_dir

@@ -105,6 +105,8 @@ def _has_iterator(checkpoint_prefix):
   return any(name.startswith("train_iterator/") for name in names)
 
 
+# Four training processes (~6 min on 2 cores): outside the default suite, `pytest -m slow`.
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
     "Open bug: after 2 steps 258 of 559 model variables differ between 2 replicas and 1 device "
     "(initial weights equal; backbone nearly all equal; decoder kernels off by ~2 Adam steps, "
@@ -128,6 +130,7 @@ def test_mirrored_two_replicas_match_one_device(runs):
     np.testing.assert_allclose(mirrored[name], value, rtol=1e-4, atol=2e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_two_workers_train_and_the_chief_checkpoints(runs):
   for name in ("worker0", "worker1"):
     assert runs[name][1] == 0, runs[name][2][-3000:]
