@@ -10,9 +10,16 @@ def register(subparsers) -> None:
   check = commands.add_parser(
       "check", help="Parse and validate textproto configs; exit non-zero on any error.")
   check.add_argument("files", nargs="+", metavar="FILE")
-  check.add_argument("--override", action="append", default=[], metavar="NAME=VALUE",
-                     help="Value for a ${NAME} placeholder (repeatable).")
+  add_override_argument(check)
   check.set_defaults(handler=_check)
+
+
+def add_override_argument(parser, help_text: str = "Value for a ${NAME} placeholder "
+                          "(repeatable).") -> None:
+  """`--override NAME=VALUE` (repeatable), the placeholder flag every config-reading command
+  takes; `parse_overrides` turns its values into the loader's dict."""
+  parser.add_argument("--override", action="append", default=[], metavar="NAME=VALUE",
+                      help=help_text)
 
 
 def parse_overrides(pairs) -> dict[str, str]:

@@ -21,8 +21,8 @@ def register(subparsers) -> None:
   deeplab2.add_argument("--checkpoint", required=True, metavar="CKPT",
                         help="deeplab2 checkpoint prefix, or a directory (its latest checkpoint).")
   deeplab2.add_argument("--output_dir", required=True, metavar="DIR")
-  deeplab2.add_argument("--override", action="append", default=[], metavar="NAME=VALUE",
-                        help="Value for a ${NAME} placeholder (repeatable; optional here).")
+  config_command.add_override_argument(
+      deeplab2, "Value for a ${NAME} placeholder (repeatable; optional here).")
   deeplab2.set_defaults(handler=_deeplab2)
 
 

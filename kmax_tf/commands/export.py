@@ -15,8 +15,7 @@ def register(subparsers) -> None:
   parser.add_argument("--checkpoint", required=True,
                       help="kmax-tf checkpoint prefix, or a directory (its latest checkpoint).")
   parser.add_argument("--output_dir", required=True, help="SavedModel directory to write.")
-  parser.add_argument("--override", action="append", default=[], metavar="NAME=VALUE",
-                      help="Value for a ${NAME} placeholder (repeatable).")
+  config_command.add_override_argument(parser)
   parser.set_defaults(handler=_export)
 
 

@@ -14,8 +14,8 @@ def register(subparsers) -> None:
       "summary", help="Trainable / non-trainable parameter counts per component and in total.")
   summary.add_argument("--config_file", required=True, metavar="FILE")
   summary.add_argument("--format", choices=("text", "json"), default="text")
-  summary.add_argument("--override", action="append", default=[], metavar="NAME=VALUE",
-                       help="Value for a ${NAME} placeholder (repeatable; optional here).")
+  config_command.add_override_argument(
+      summary, "Value for a ${NAME} placeholder (repeatable; optional here).")
   summary.set_defaults(handler=_summary)
 
 

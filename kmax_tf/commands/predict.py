@@ -19,8 +19,8 @@ def register(subparsers) -> None:
   parser.add_argument("--input", required=True, nargs="+", metavar="PATH",
                       help="Image files and/or folders of images.")
   parser.add_argument("--output_dir", required=True)
-  parser.add_argument("--override", action="append", default=[], metavar="NAME=VALUE",
-                      help="Value for a ${NAME} placeholder of --config_file (repeatable).")
+  config_command.add_override_argument(
+      parser, "Value for a ${NAME} placeholder of --config_file (repeatable).")
   parser.add_argument("--no_progress", action="store_true", help="Hide the progress bar.")
   parser.set_defaults(handler=_predict)
 
