@@ -1,11 +1,15 @@
 """Batch-1 CPU inference latency of the COCO ResNet-50 kMaX model; prints one JSON line.
 
-Modes: eager Keras call, `tf.function` (one shape-polymorphic trace for every size) and
-`tf.function(jit_compile=True)` (XLA, compiled per input shape). Each size is timed after warm-up
+Modes: eager Keras call, `tf.function` (one shape-polymorphic trace for every size),
+`tf.function(jit_compile=True)` (XLA, compiled per input shape), and `panoptic`: the
+`tf.function` without the auxiliary semantic branch (`semantic_logits=False`, what `kmax-tf
+predict`, the evaluator and `kmax-tf export --no_semantic_logits` run; the panoptic, semantic
+and instance predictions are the same). Each size is timed after warm-up
 calls (tracing/compilation excluded and reported separately); ratios are against eager in the
 same process. deeplab2 reference on a 2-core CPU (SPEC 11.1): 0.72 s at 641^2, 2.68 s at 1281^2.
 
-  python benchmarks/inference.py [--sizes 641 1281] [--repeats 3] [--modes eager function xla]
+  python benchmarks/inference.py [--sizes 641 1281] [--repeats 3]
+      [--modes eager function xla panoptic]
 """
 from __future__ import annotations
 
@@ -34,7 +38,10 @@ def _runners(model):
   signature = [tf.TensorSpec([None, None, None, 3], tf.float32)]
   function = tf.function(lambda x: model(x, training=False), input_signature=signature)
   xla = tf.function(lambda x: model(x, training=False), jit_compile=True)
-  return {"eager": lambda x: model(x, training=False), "function": function, "xla": xla}
+  panoptic = tf.function(lambda x: model(x, training=False, semantic_logits=False),
+                         input_signature=signature)
+  return {"eager": lambda x: model(x, training=False), "function": function, "xla": xla,
+          "panoptic": panoptic}
 
 
 def _time(run, images, repeats):
@@ -63,8 +70,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", type=int, nargs="+", default=[641, 1281])
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--modes", nargs="+", default=["eager", "function", "xla"],
-                      choices=["eager", "function", "xla"])
+  parser.add_argument("--modes", nargs="+", default=["eager", "function", "xla", "panoptic"],
+                      choices=["eager", "function", "xla", "panoptic"])
   args = parser.parse_args()
   model = builder.build_model(config.load_config(_CONFIG, validate=False))
   runners = _runners(model)

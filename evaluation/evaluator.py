@@ -28,8 +28,9 @@ class Evaluator:
   """Evaluates `model` (kmax-tf output contract) with the thresholds of `evaluator_options`.
 
   Args:
-    model: callable `model(images [1, H, W, 3], training=False) -> dict` with
-      `pixel_space_mask_logits` and `transformer_class_logits`.
+    model: callable `model(images [1, H, W, 3], training=False, semantic_logits=False) -> dict`
+      with `pixel_space_mask_logits` and `transformer_class_logits` (the auxiliary semantic
+      branch is skipped: no metric reads it).
     dataset: the `DatasetDescriptor`.
     evaluator_options: an `EvaluatorOptions` message.
     output_dir: where predictions go when `save_predictions` is set (`override_save_dir` wins).
@@ -52,7 +53,7 @@ class Evaluator:
                      if evaluator_options.use_tf_function else self._forward)
 
   def _forward(self, images):
-    outputs = self.model(images, training=False)
+    outputs = self.model(images, training=False, semantic_logits=False)
     height, width = images.shape[1], images.shape[2]
     processor = postprocess.PostProcessor(
         self.postprocessing, self.dataset.thing_class_ids, self.dataset.stuff_class_ids,

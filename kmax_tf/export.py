@@ -9,7 +9,8 @@ Outputs, batch-first (batch 1 for `serving_default`):
   `panoptic_pred`, `semantic_pred`, `instance_pred` int32 `[B, H, W]` and `semantic_scores`,
   `instance_scores` float32 `[B, H, W]` at the input size; the raw model outputs
   `pixel_space_mask_logits` `[B, h, w, N]`, `pixel_space_normalized_feature` `[B, h, w, E]`,
-  `semantic_logits` `[B, hs, ws, K]` (at strides of the padded input) and
+  `semantic_logits` `[B, hs, ws, K]` (at strides of the padded input; left out, with the
+  auxiliary semantic branch that computes it, by `semantic_logits=False`) and
   `transformer_class_logits` `[B, N, C]`.
 
 Unlike deeplab2, one export serves every input size: images are not resized into the eval crop.
@@ -68,11 +69,14 @@ class InferenceModel:
     model: a kMaX model (`kmax_tf.model.builder.build_model`).
     dataset: its `DatasetDescriptor`.
     evaluator_options: `EvaluatorOptions` with the post-processing thresholds.
+    semantic_logits: whether to compute and return the raw `semantic_logits` (deeplab2's
+      exports do); False skips the auxiliary semantic branch, which no other output needs.
   """
 
-  def __init__(self, model, dataset, evaluator_options):
+  def __init__(self, model, dataset, evaluator_options, semantic_logits: bool = True):
     self.model = model
     self.dataset = dataset
+    self.semantic_logits = semantic_logits
     self.postprocessor = postprocess.PostProcessor.from_options(evaluator_options, dataset)
     self.serve_batch = tf.function(
         self._predict_batch, autograph=False,
@@ -86,7 +90,7 @@ class InferenceModel:
     input_tensor = _checked_input(input_tensor, rank=4)
     size = tf.shape(input_tensor)[1:3]
     images = tf.cast(input_tensor, tf.float32)
-    outputs = self.model(images, training=False)
+    outputs = self.model(images, training=False, semantic_logits=self.semantic_logits)
     mask_logits = outputs["pixel_space_mask_logits"]
     # The model's outputs sit at a fixed stride of the padded input of 32k + 1 pixels.
     stride = self.dataset.pixel_decoder_output_stride
@@ -94,7 +98,7 @@ class InferenceModel:
     predictions = self.postprocessor(mask_logits, outputs["transformer_class_logits"],
                                      output_size=padded_size)
     predictions = postprocess.undo_padding(predictions, size, size)
-    predictions.update({key: outputs[key] for key in RAW_OUTPUT_KEYS})
+    predictions.update({key: outputs[key] for key in RAW_OUTPUT_KEYS if key in outputs})
     return predictions
 
   def _predict_image(self, input_tensor):
@@ -144,19 +148,23 @@ def check_input(images: tf.Tensor, batched: bool) -> None:
                      f"{images.shape}")
 
 
-def export_saved_model(options, checkpoint: str, output_dir: str) -> str:
-  """Writes the SavedModel of `options` with the weights of `checkpoint` to `output_dir`.
+def export_saved_model(options, checkpoint: str, output_dir: str,
+                       semantic_logits: bool = True) -> str:
+  """Writes the SavedModel of `options` with the weights of `checkpoint` to `output_dir`
+  (`semantic_logits` as in `InferenceModel`).
 
   Returns `output_dir`.
   """
-  return save_model(build_inference_model(options, checkpoint), options, output_dir)
+  return save_model(build_inference_model(options, checkpoint), options, output_dir,
+                    semantic_logits)
 
 
-def save_model(model, options, output_dir: str) -> str:
+def save_model(model, options, output_dir: str, semantic_logits: bool = True) -> str:
   """Writes the SavedModel of a built kMaX `model` (e.g. just trained, in memory) with the
-  post-processing of `options.evaluator_options` to `output_dir`; returns `output_dir`."""
+  post-processing of `options.evaluator_options` to `output_dir` (`semantic_logits` as in
+  `InferenceModel`); returns `output_dir`."""
   dataset = builder.dataset_of(options)
-  inference = InferenceModel(model, dataset, options.evaluator_options)
+  inference = InferenceModel(model, dataset, options.evaluator_options, semantic_logits)
   # Only the signatures and the variables are saved: no Keras object and no other tf.function
   # (saving those would retrace the model), so loading needs neither Keras classes nor kmax_tf.
   # The variables are listed explicitly because TensorFlow's object graph misses Keras 3

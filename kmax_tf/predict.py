@@ -86,12 +86,13 @@ def saved_model_predictor(saved_model_dir: str):
 
 def checkpoint_predictor(options, checkpoint: str):
   """(predict_fn, dataset descriptor) of the model of `options` with `checkpoint`'s weights,
-  computing exactly what its export would serve."""
+  computing the predictions its export would serve (not the raw `semantic_logits`, which
+  predictions do not need)."""
   from kmax_tf import export  # pylint: disable=import-outside-toplevel
   from kmax_tf.model import builder  # pylint: disable=import-outside-toplevel
   dataset = builder.dataset_of(options)
   inference = export.InferenceModel(export.build_inference_model(options, checkpoint), dataset,
-                                    options.evaluator_options)
+                                    options.evaluator_options, semantic_logits=False)
   return (lambda image: _unbatch(inference(image))), dataset
 
 

@@ -82,6 +82,18 @@ def test_serving_default_equals_keras_model_and_postprocessor(exported, size):
   assert np.ptp(served["pixel_space_mask_logits"]) > 0.01
 
 
+def test_inference_without_semantic_logits_serves_the_same_predictions(exported):
+  options, model = exported["options"], exported["model"]
+  dataset = builder.dataset_of(options)
+  image = _images((50, 77, 3), seed=4)
+  full = export.InferenceModel(model, dataset, options.evaluator_options)(image)
+  without = export.InferenceModel(model, dataset, options.evaluator_options,
+                                  semantic_logits=False)(image)
+  assert set(without) == set(full) - {"semantic_logits"}
+  for key, value in without.items():
+    np.testing.assert_array_equal(value, full[key], err_msg=key)
+
+
 def test_batched_signature_equals_per_image_calls(exported):
   images = _images((2, 50, 77, 3), seed=3)
   batched = exported["loaded"].signatures["serving_batch"](input_tensor=tf.constant(images))

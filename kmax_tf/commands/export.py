@@ -15,6 +15,10 @@ def register(subparsers) -> None:
   parser.add_argument("--checkpoint", required=True,
                       help="kmax-tf checkpoint prefix, or a directory (its latest checkpoint).")
   parser.add_argument("--output_dir", required=True, help="SavedModel directory to write.")
+  parser.add_argument("--no_semantic_logits", action="store_true",
+                      help="Leave out the raw semantic_logits output and the auxiliary semantic "
+                      "branch computing it (faster; the panoptic, semantic and instance "
+                      "predictions do not use it).")
   config_command.add_override_argument(parser)
   parser.set_defaults(handler=_export)
 
@@ -25,7 +29,8 @@ def _export(args) -> int:
     # Data paths are irrelevant to an export: placeholders may stay unresolved.
     options = config.load_config(args.config_file,
                                  config_command.parse_overrides(args.override))
-    export.export_saved_model(options, args.checkpoint, args.output_dir)
+    export.export_saved_model(options, args.checkpoint, args.output_dir,
+                              semantic_logits=not args.no_semantic_logits)
   except (config.ConfigError, ValueError, FileNotFoundError, AssertionError) as error:
     print(f"kmax-tf export: {error}", file=sys.stderr)
     return 1

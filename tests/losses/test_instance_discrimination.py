@@ -73,3 +73,31 @@ def test_random_init_gives_about_ln_k():
   features = _unit(rng, (1, num_pixels, 128))
   loss = instance_discrimination_loss(f32(features), gt, sample_pixels(gt, k, 1.5)).numpy()[0]
   assert abs(loss - np.log(k)) < 0.15, (loss, np.log(k))
+
+
+def _dense_reference(features, mask_id, samples, temperature):
+  """The loss with the explicit [k, k] target matrix (deeplab2's formulation), in TF."""
+  ids = tf.gather(tf.constant(mask_id, tf.int32), samples, batch_dims=1)
+  same = tf.cast((ids[:, :, None] == ids[:, None, :]) & (ids >= 0)[:, :, None], tf.float32)
+  targets = same / tf.maximum(tf.reduce_sum(same, -1, keepdims=True), 1.0)
+  f = tf.gather(features, samples, batch_dims=1)
+  rows = tf.nn.softmax_cross_entropy_with_logits(targets, tf.matmul(f, f, transpose_b=True) /
+                                                 temperature)
+  valid = tf.cast(ids >= 0, tf.float32)
+  return tf.reduce_sum(rows * valid, 1) / tf.reduce_sum(valid, 1)
+
+
+def test_batch_of_two_and_gradients_match_dense_targets():
+  # Image 1 reuses mask ids of image 0: the per-mask sums must not mix images.
+  rng = np.random.default_rng(2)
+  mask_id = np.array([[0, 1, 1, 2, -1, 0, 2, 1], [1, 1, 0, -1, 2, 2, 0, 0]])
+  gt = _gt(mask_id, np.ones((2, 8), np.float32))
+  features = tf.constant(_unit(rng, (2, 8, 4)))
+  samples = tf.constant([[4, 0, 1, 2, 3, 6], [3, 0, 1, 2, 4, 7]], tf.int32)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(features)
+    ours = instance_discrimination_loss(features, gt, samples, temperature=0.3)
+    reference = _dense_reference(features, mask_id, samples, 0.3)
+  np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5)
+  np.testing.assert_allclose(tape.gradient(ours, features).numpy(),
+                             tape.gradient(reference, features).numpy(), rtol=1e-4, atol=1e-6)

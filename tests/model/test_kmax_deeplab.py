@@ -39,6 +39,17 @@ def test_inference_outputs(model):
   assert all(v.dtype == "float32" for v in out.values())
 
 
+def test_without_semantic_logits_the_other_outputs_are_unchanged(model):
+  images = _images(65, 65, seed=5)
+  full = model(images, training=False)
+  panoptic_only = model(images, training=False, semantic_logits=False)
+  assert set(panoptic_only) == KEYS - {kmax_deeplab.SEMANTIC_LOGITS}
+  for key, value in panoptic_only.items():
+    np.testing.assert_array_equal(value, full[key], err_msg=key)
+  with pytest.raises(ValueError, match="semantic_logits=False is for inference"):
+    model(images, training=True, semantic_logits=False)
+
+
 @pytest.mark.parametrize("height,width,padded", [(97, 129, (97, 129)), (70, 90, (97, 97))])
 def test_same_weights_any_size_in_training(model, height, width, padded):
   out = model(_images(height, width), training=True)

@@ -2,21 +2,23 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kmax_tf.model.layers import conv
 from kmax_tf.model.layers import norm
 
 
-def _numpy_conv(x, kernel, stride, pad):
-  """Plain cross-correlation of [H, W, Cin] with [k, k, Cin, Cout] after symmetric zero padding."""
+def _numpy_conv(x, kernel, stride, pad, rate=1):
+  """Plain cross-correlation of [H, W, Cin] with [k, k, Cin, Cout] (taps `rate` apart) after
+  symmetric zero padding."""
   x = np.pad(x, ((pad, pad), (pad, pad), (0, 0)))
-  k = kernel.shape[0]
-  out_h = (x.shape[0] - k) // stride + 1
-  out_w = (x.shape[1] - k) // stride + 1
+  span = (kernel.shape[0] - 1) * rate + 1
+  out_h = (x.shape[0] - span) // stride + 1
+  out_w = (x.shape[1] - span) // stride + 1
   out = np.zeros((out_h, out_w, kernel.shape[-1]))
   for i in range(out_h):
     for j in range(out_w):
-      patch = x[i * stride:i * stride + k, j * stride:j * stride + k]
+      patch = x[i * stride:i * stride + span:rate, j * stride:j * stride + span:rate]
       out[i, j] = np.tensordot(patch, kernel, axes=3)
   return out
 
@@ -39,6 +41,40 @@ def test_stride_one_is_same_padding_with_bn_and_activation():
   assert y.shape == (2, 7, 5, 3)
   assert (y >= 0).all()
   assert layer.conv.bias is None  # BN follows, so no bias
+
+
+@pytest.mark.parametrize("rate", [2, 6, 12])
+def test_atrous_conv_matches_numpy(rate):
+  # Rate 2 runs TF's dilated conv; 6 and 12 the sum of shifted taps, where on a 9x10 map the
+  # rate-12 off-centre taps read only padding.
+  rng = np.random.default_rng(rate)
+  layer = conv.Conv2DSame(4, 3, dilation_rate=rate, use_bn=False)
+  x = rng.normal(size=(2, 9, 10, 3)).astype(np.float32)
+  y = layer(x).numpy()
+  assert layer._sum_shifted_taps == (rate >= 4)  # pylint: disable=protected-access
+  kernel = layer.conv.kernel.numpy()
+  for image in range(2):
+    np.testing.assert_allclose(y[image], _numpy_conv(x[image], kernel, 1, rate, rate),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_shifted_taps_gradients_match_keras_dilated_conv():
+  rng = np.random.default_rng(3)
+  layer = conv.Conv2DSame(4, 3, dilation_rate=6, use_bn=False)
+  x = tf.constant(rng.normal(size=(1, 8, 11, 3)).astype(np.float32))
+  layer(x)
+  reference = keras.layers.Conv2D(4, 3, dilation_rate=6, padding="same", use_bias=False)
+  reference(x)
+  reference.kernel.assign(layer.conv.kernel)
+  weights = tf.constant(rng.normal(size=(1, 8, 11, 4)).astype(np.float32))
+  gradients = []
+  for fn, kernel in ((layer, layer.conv.kernel), (reference, reference.kernel)):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      loss = tf.reduce_sum(fn(x) * weights)
+    gradients.append(tape.gradient(loss, [x, kernel]))
+  for ours, theirs in zip(*gradients):
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_bias_with_bn_is_rejected():
