@@ -94,6 +94,17 @@ def test_inference_without_semantic_logits_serves_the_same_predictions(exported)
     np.testing.assert_array_equal(value, full[key], err_msg=key)
 
 
+def test_cli_export_without_semantic_logits(exported, tmp_path):
+  prefix = tf.train.latest_checkpoint(os.path.join(os.path.dirname(exported["dir"]), "ckpt"))
+  output_dir = str(tmp_path / "panoptic_only")
+  assert cli.main(["export", "--config_file", str(_CONFIG), "--checkpoint", prefix,
+                   "--output_dir", output_dir, "--no_semantic_logits"] +
+                  [f"--override={k}={v}" for k, v in _OVERRIDES.items()]) == 0
+  serve = tf.saved_model.load(output_dir).signatures["serving_default"]
+  assert set(serve.structured_outputs) == set(
+      predict.PREDICTION_KEYS + export.RAW_OUTPUT_KEYS) - {"semantic_logits"}
+
+
 def test_batched_signature_equals_per_image_calls(exported):
   images = _images((2, 50, 77, 3), seed=3)
   batched = exported["loaded"].signatures["serving_batch"](input_tensor=tf.constant(images))
