@@ -46,6 +46,9 @@ from kmax_tf.trainer import checkpoints
 
 FULL, ENCODER, GARDEN, KERAS = "full", "encoder", "garden", "keras"
 _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+# deeplab2's `semantic_last_layer` checkpoint item: the 1x1 classifier of the auxiliary semantic
+# head, left untouched when restore_semantic_last_layer_from_initial_checkpoint is false.
+SEMANTIC_LAST_LAYER = "semantic_head/final_conv/"
 # Checkpoint bookkeeping and training state that has no counterpart in the model.
 _IGNORED_ROOTS = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "global_step", "optimizer",
                   "backbone_optimizer", "keras_api")
@@ -246,12 +249,15 @@ def build_backbone_mapping(source_shapes: dict, backbone) -> tuple[str, dict]:
   return form, mapping
 
 
-def build_mapping(source_shapes: dict, model) -> tuple[str, dict]:
+def build_mapping(source_shapes: dict, model,
+                  skip_prefixes: tuple[str, ...] = ()) -> tuple[str, dict]:
   """Maps a deeplab2 checkpoint listing onto `model`.
 
   Args:
     source_shapes: `{raw checkpoint key: shape}` (e.g. from `tf.train.list_variables`).
     model: a built kmax-tf `KMaXDeepLab`.
+    skip_prefixes: kmax-tf variable keys starting with one of these are left out on both sides
+      (neither mapped nor reported missing).
 
   Returns:
     (form, `{raw deeplab2 key: kmax-tf key}`), covering every model value of the checkpoint and
@@ -264,8 +270,12 @@ def build_mapping(source_shapes: dict, model) -> tuple[str, dict]:
   form = checkpoint_form(keys)
   if form != FULL:
     return build_backbone_mapping(source_shapes, model.encoder)
-  return form, _match(source_shapes, keys, _target_variables(model),
-                      lambda key: kmax_key(key, model, form), form, model.name)
+  skip = tuple(skip_prefixes)
+  keys = [key for key in keys if not kmax_key(key, model, form).startswith(skip)]
+  targets = {key: value for key, value in _target_variables(model).items()
+             if not key.startswith(skip)}
+  return form, _match(source_shapes, keys, targets, lambda key: kmax_key(key, model, form),
+                      form, model.name)
 
 
 def _resolve(path: str) -> str:
@@ -284,11 +294,12 @@ def _assign(reader, mapping: dict, targets: dict) -> None:
     variable.assign(value.astype(variable.dtype))
 
 
-def assign_from_deeplab2(model, path: str) -> str:
-  """Loads a deeplab2 checkpoint (prefix or directory) into `model`; returns its form."""
+def assign_from_deeplab2(model, path: str, skip_prefixes: tuple[str, ...] = ()) -> str:
+  """Loads a deeplab2 checkpoint (prefix or directory) into `model` but the variables under
+  `skip_prefixes` (see `build_mapping`); returns its form."""
   path = _resolve(path)
   reader = tf.train.load_checkpoint(path)
-  form, mapping = build_mapping(reader.get_variable_to_shape_map(), model)
+  form, mapping = build_mapping(reader.get_variable_to_shape_map(), model, skip_prefixes)
   targets = _target_variables(model) if form == FULL else _backbone_variables(model.encoder)
   _assign(reader, mapping, targets)
   logging.info("Loaded %d variables of a deeplab2 %s checkpoint %s", len(mapping), form, path)
@@ -319,7 +330,10 @@ def initialize_from_options(model, model_options) -> None:
   1. `backbone.pretrained_weights` into the backbone: deeplab2 reads it while building ConvNeXt
      (and MOAT) backbones and ignores it for the (Axial-)ResNets, so does this;
   2. `initial_checkpoint` over it (`load_initial_checkpoint`), as deeplab2's trainer does before
-     the first step.
+     the first step, without the semantic head's last layer when
+     `restore_semantic_last_layer_from_initial_checkpoint` is false (e.g. to fine-tune on a
+     dataset with other classes). `restore_instance_last_layer_from_initial_checkpoint` names
+     Panoptic-DeepLab layers that kMaX does not have, so, as in deeplab2, it changes nothing.
   Nothing happens when neither is set.
   """
   pretrained = model_options.backbone.pretrained_weights
@@ -331,7 +345,9 @@ def initialize_from_options(model, model_options) -> None:
                       "for ConvNeXt backbones); use initial_checkpoint",
                       model_options.backbone.name)
   if model_options.initial_checkpoint:
-    load_initial_checkpoint(model, model_options.initial_checkpoint)
+    skip = (() if model_options.restore_semantic_last_layer_from_initial_checkpoint
+            else (SEMANTIC_LAST_LAYER,))
+    load_initial_checkpoint(model, model_options.initial_checkpoint, skip)
 
 
 def _global_step(path: str) -> int:
@@ -346,13 +362,15 @@ def is_deeplab2_checkpoint(path: str) -> bool:
   return not all(key.startswith("model/by_path/") for key in keys)
 
 
-def load_initial_checkpoint(model, path: str) -> None:
+def load_initial_checkpoint(model, path: str, skip_prefixes: tuple[str, ...] = ()) -> None:
   """Loads `initial_checkpoint` into `model`: a deeplab2 checkpoint of any form (full model or
-  pretrained backbone) or a kmax-tf checkpoint (possibly partial)."""
+  pretrained backbone) or a kmax-tf checkpoint (possibly partial); variables whose kmax-tf key
+  starts with one of `skip_prefixes` keep their values."""
   if is_deeplab2_checkpoint(path):
-    assign_from_deeplab2(model, path)
+    assign_from_deeplab2(model, path, skip_prefixes)
   else:
-    checkpoints.restore_model_variables(model, path, require_all=False)
+    checkpoints.restore_model_variables(model, path, require_all=False,
+                                        skip_prefixes=skip_prefixes)
 
 
 def convert(model, checkpoint: str, output_dir: str) -> str:

@@ -257,3 +257,43 @@ def test_cli_reports_mismatches_and_exits_nonzero(tmp_path, capsys):
          "[7, 7, 3, 64] vs kmax-tf resnet50/stem/conv/kernel [7, 7, 3, 16]" in err
   assert "missing: kmax-tf variable resnet50/stage2/block1/conv1_bn_act/conv/kernel" in err
   assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("restore_semantic_last_layer", [True, False])
+def test_initial_checkpoint_can_leave_the_semantic_last_layer(tmp_path,
+                                                              restore_semantic_last_layer):
+  source = _model("synthetic/kmax_micro.textproto")
+  rng = np.random.default_rng(5)
+  for variable in source.variables:
+    if "seed_generator" not in variable.path:
+      variable.assign(rng.standard_normal(variable.shape).astype(variable.dtype))
+  saved = tf.train.Checkpoint(model=checkpoints.ModelVariables(source)).save(
+      str(tmp_path / "kmax" / "ckpt"))
+  target = builder.build_model(config.load_config(
+      configs.config_path("synthetic/kmax_micro.textproto"),
+      {"DATA_DIR": "unused", "EXPERIMENT_NAME": "unused"}, validate=False))
+  before = {k: v.numpy() for k, v in checkpoints.ModelVariables(target).by_path.items()}
+  options = _model_options("kmax_resnet50", initial_checkpoint=saved)
+  options.restore_semantic_last_layer_from_initial_checkpoint = restore_semantic_last_layer
+  convert_deeplab2.initialize_from_options(target, options)
+
+  restored = checkpoints.ModelVariables(source).by_path
+  last_layer = [k for k in before if k.startswith(convert_deeplab2.SEMANTIC_LAST_LAYER)]
+  assert sorted(last_layer) == ["semantic_head/final_conv/bias", "semantic_head/final_conv/kernel"]
+  for key, variable in checkpoints.ModelVariables(target).by_path.items():
+    if "seed_generator" in key:
+      continue
+    kept = key in last_layer and not restore_semantic_last_layer
+    expected = before[key] if kept else restored[key].numpy()
+    np.testing.assert_array_equal(variable.numpy(), expected, err_msg=key)
+
+
+def test_deeplab2_mapping_can_leave_the_semantic_last_layer():
+  listing = _listing("coco_r50_os32_full")
+  model = _model(listing["kmax_tf_config"])
+  shapes = {key: shape for key, shape in listing["variables"]}
+  _, everything = convert_deeplab2.build_mapping(shapes, model)
+  _, without = convert_deeplab2.build_mapping(shapes, model,
+                                              (convert_deeplab2.SEMANTIC_LAST_LAYER,))
+  left_out = {everything[key] for key in set(everything) - set(without)}
+  assert left_out == {"semantic_head/final_conv/kernel", "semantic_head/final_conv/bias"}

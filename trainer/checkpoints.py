@@ -73,7 +73,8 @@ def is_seed_state(variable) -> bool:
   return variable.path.rsplit("/", 1)[-1] == "seed_generator_state"
 
 
-def restore_model_variables(model, path: str, require_all: bool = True) -> None:
+def restore_model_variables(model, path: str, require_all: bool = True,
+                            skip_prefixes: tuple[str, ...] = ()) -> None:
   """Loads a kmax-tf checkpoint's model weights into `model`.
 
   Args:
@@ -81,6 +82,8 @@ def restore_model_variables(model, path: str, require_all: bool = True) -> None:
     path: a checkpoint prefix or a directory (its latest checkpoint).
     require_all: every model variable must be in the checkpoint; otherwise at least one must
       (e.g. a backbone-only `initial_checkpoint`).
+    skip_prefixes: model variables whose path (relative to the model) starts with one of these
+      keep their values, whatever the checkpoint holds for them (shape included).
   """
   if tf.io.gfile.isdir(path):
     latest = tf.train.latest_checkpoint(path)
@@ -88,6 +91,8 @@ def restore_model_variables(model, path: str, require_all: bool = True) -> None:
       raise FileNotFoundError(f"No checkpoint in directory {path}")
     path = latest
   node = ModelVariables(model, include_seed_states=False)
+  node.by_path = {key: variable for key, variable in node.by_path.items()
+                  if not key.startswith(tuple(skip_prefixes))}
   status = tf.train.Checkpoint(model=node).restore(path).expect_partial()
   if require_all:
     status.assert_existing_objects_matched()
