@@ -80,9 +80,10 @@ class StepSharedAdam(keras.optimizers.Adam):
   reads `self.learning_rate`) and the bias correction `lr * sqrt(1 - b2^t) / (1 - b1^t)` once per
   variable (`update_step`). With a few hundred variables that is tens of thousands of graph ops,
   which dominated tracing the train step (micro config: the traced step fell from 40.3k to 32.0k
-  graph ops; the optimizer had been ~45 s of a 124 s trace on a loaded 2-core machine). The arithmetic per variable is Keras's, in the same order, so
-  the updates are bit-identical. TensorFlow backend only (uses `tf.distribute` updates, as
-  Keras's TF optimizer does).
+  graph ops; the optimizer had been ~45 s of a 124 s trace on a loaded 2-core machine). The
+  arithmetic per variable is Keras's, in the same order, so the updates are bit-identical.
+  TensorFlow backend only (uses `tf.distribute` updates, as Keras's TF optimizer does); under
+  MirroredStrategy it matches one device (tests/trainer/test_distribution.py).
   """
 
   def _apply_weight_decay(self, variables):
@@ -166,7 +167,9 @@ class Optimizers:
     With `clip_gradient_norm`, all gradients are first scaled together to that global norm, as
     deeplab2 clips them before splitting them between its optimizers (a per-optimizer
     `global_clipnorm` would measure two separate norms). Under a distribution strategy this
-    clips each replica's gradients, as deeplab2 does.
+    clips each replica's gradients before they are summed, as deeplab2 does (and as Keras 3's
+    `global_clipnorm` would): with N replicas each clips its own share of the loss
+    (`loss / N`), so clipping engages at a different total norm than on one device.
     """
     if self.clip_gradient_norm:
       keys = list(gradients_by_variable)
