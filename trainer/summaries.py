@@ -23,7 +23,7 @@ class PanopticOverlay:
   def __call__(self, images) -> np.ndarray:
     images = tf.convert_to_tensor(images, tf.float32)
     height, width = images.shape[1], images.shape[2]
-    outputs = self._model(images, training=False)
+    outputs = self._model(images, training=False, semantic_logits=False)
     processor = postprocess.PostProcessor(
         self._options, self._dataset.thing_class_ids, self._dataset.stuff_class_ids,
         self._dataset.ignore_label, self._dataset.panoptic_label_divisor,
