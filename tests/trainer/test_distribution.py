@@ -262,17 +262,18 @@ def draws(prefix):
 
   @tf.function
   def step():
-    return {"drop_path": drop_path(tf.ones((64, 1, 1, 1)), training=True),
-            "dropout": dropout(tf.ones((1, 64)), training=True),
-            "samples": sample_pixels(gt, 8, 1.0, sampler)}
+    outputs = {"drop_path": drop_path(tf.ones((64, 1, 1, 1)), training=True),
+               "dropout": dropout(tf.ones((1, 64)), training=True),
+               "samples": sample_pixels(gt, 8, 1.0, sampler)}
+    # This replica's copy of the mirrored sampler state, read after the draw.
+    outputs["state"] = tf.identity(sampler.state.value)
+    return outputs
 
   result = {}
   for index in range(2):
     for name, value in strategy.run(step).items():
       for replica, local in enumerate(strategy.experimental_local_results(value)):
         result[f"{prefix}/{name}/{index}/{replica}"] = local.numpy()
-  for replica, local in enumerate(strategy.experimental_local_results(sampler.state)):
-    result[f"{prefix}/state/{replica}"] = local.numpy()
   return result
 
 np.savez(sys.argv[1], **draws("first"), **draws("again"))
@@ -298,8 +299,9 @@ def test_replicas_draw_different_masks_and_pixels(tmp_path):
   for replica in (0, 1):
     assert set(np.unique(draws[f"first/drop_path/0/{replica}"])) == {0.0, 2.0}
     assert len(set(draws[f"first/samples/0/{replica}"][0].tolist())) == 8
-    # Both replicas advanced the mirrored state once per step, so it stays in sync.
-    np.testing.assert_array_equal(draws[f"first/state/{replica}"], [3, 2])
+    # Each replica advanced its copy of the mirrored state once per draw: they stay in sync.
+    for step in (0, 1):
+      np.testing.assert_array_equal(draws[f"first/state/{step}/{replica}"], [3, step + 1])
 
 
 def test_strategy_selection(monkeypatch):
