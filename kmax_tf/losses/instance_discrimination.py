@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from kmax_tf.losses.ground_truth import MaskGroundTruth
 from kmax_tf.losses.reductions import mean_over_nonzero
+from kmax_tf.ops import replica_random
 
 _EXCLUDED_LOGIT = -99999.0
 # Temperature of the similarity logits: deeplab2's constructor default, not in the config.
@@ -22,10 +23,11 @@ DEFAULT_TEMPERATURE = 0.3
 
 
 def sample_pixels(gt: MaskGroundTruth, num_samples: int, sample_temperature: float,
-                  seed=None) -> tf.Tensor:
+                  seed_generator: keras.random.SeedGenerator) -> tf.Tensor:
   """Draws `num_samples` distinct non-void pixels per image, favouring small masks.
 
-  `seed` is anything `keras.random` accepts: None, an int, or a `keras.random.SeedGenerator`.
+  Each call advances `seed_generator` once; under a distribution strategy every replica draws
+  its own pixels (`ops.replica_random`), as deeplab2's stateful draws do.
 
   Returns:
     int32 `[B, num_samples]` pixel indices into the flattened `[P]` axis.
@@ -38,7 +40,7 @@ def sample_pixels(gt: MaskGroundTruth, num_samples: int, sample_temperature: flo
   logits = (sample_temperature * tf.math.log(gt.inverse_pixel_mask_area) +
             (1.0 - gt.pixel_non_void) * _EXCLUDED_LOGIT)
   # U in (0, 1): the open interval keeps -log(-log U) finite.
-  uniform = keras.random.uniform(tf.shape(logits), minval=1e-12, maxval=1.0, seed=seed)
+  uniform = replica_random.uniform(tf.shape(logits), seed_generator, minval=1e-12, maxval=1.0)
   return tf.math.top_k(logits - tf.math.log(-tf.math.log(uniform)), num_samples).indices
 
 

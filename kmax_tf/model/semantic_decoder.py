@@ -6,12 +6,41 @@ from typing import Sequence
 
 import keras
 from keras import ops
+import tensorflow as tf
 
 from kmax_tf import geometry
 from kmax_tf.model.layers import conv
 from kmax_tf.model.layers import norm
+from kmax_tf.ops import replica_random
 
 CONV_TYPES = ("depthwise_separable_conv", "standard_conv")
+
+
+@keras.saving.register_keras_serializable(package="kmax_tf")
+class ReplicaDropout(keras.layers.Dropout):
+  """`keras.layers.Dropout` whose masks differ between the replicas of a distributed step.
+
+  Same arguments, config and single seed-state variable as the Keras layer (so variable names and
+  checkpoints are unchanged); on one device it drops exactly the elements the Keras layer drops.
+  Under a distribution strategy the Keras layer would give every replica the same mask (see
+  `ops.replica_random`); deeplab2's dropout draws per replica.
+
+  Input/output: any shape, same dtype.
+  """
+
+  def call(self, inputs, training=False):
+    if not training or self.rate == 0:
+      return inputs
+    if self.rate == 1:
+      # stateless_dropout rejects rate 1; the Keras layer returns zeros.
+      return ops.zeros_like(inputs)
+    noise_shape = None
+    if self.noise_shape is not None:
+      noise_shape = [tf.shape(inputs)[axis] if size is None else size
+                     for axis, size in enumerate(self.noise_shape)]
+    return tf.nn.experimental.stateless_dropout(
+        inputs, rate=self.rate, seed=replica_random.replica_seed(self.seed_generator),
+        noise_shape=noise_shape)
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
@@ -46,7 +75,7 @@ class ASPP(keras.layers.Layer):
                                              activation=activation, name=f"aspp_conv{index + 1}"))
       self.pool_conv_bn_act = conv.Conv2DSame(channels, 1, norm_layer=nl, activation=activation,
                                               name="aspp_pool")
-      self.dropout = keras.layers.Dropout(0.1)
+      self.dropout = ReplicaDropout(0.1)
 
   def call(self, inputs, training=None):
     if self.only_1x1_projection:

@@ -1,4 +1,5 @@
 """Pixel-contrastive instance discrimination: formula, sampling, and the ln(k) regime at init."""
+import keras
 import numpy as np
 import scipy.special
 import tensorflow as tf
@@ -48,13 +49,35 @@ def test_sampling_skips_void_and_favours_small_masks():
   mask_id = np.array([[0] * 90 + [1] * 5 + [-1] * 5])
   non_void = np.array([[1.0] * 95 + [0.0] * 5])
   gt = _gt(mask_id, non_void)
-  picks = np.concatenate([sample_pixels(gt, 5, 1.5).numpy()[0] for _ in range(40)])
+  generator = keras.random.SeedGenerator(0)
+  picks = np.concatenate([sample_pixels(gt, 5, 1.5, generator).numpy()[0] for _ in range(40)])
   assert picks.max() < 95  # never void
   for draw in picks.reshape(40, 5):
     assert len(set(draw.tolist())) == 5
   # Sampling weight (1/area)^1.5: mask 1 weighs (90/5)^1.5 = 76x a pixel of mask 0, so
   # most of the 5 draws come from its 5 pixels although it covers 5% of the image.
   assert np.mean(picks >= 90) > 0.5
+
+
+def test_sampling_is_gumbel_top_k_and_reproducible_from_the_seed():
+  # Each call draws U in (0, 1) of [B, P] once from the generator (on one device exactly
+  # keras.random.uniform's numbers) and keeps the top k of log-weight - log(-log U).
+  rng = np.random.default_rng(3)
+  mask_id = rng.integers(-1, 4, size=(2, 30))
+  non_void = (rng.uniform(size=(2, 30)) > 0.2).astype(np.float32)
+  gt = _gt(mask_id, non_void)
+  generator, reference = keras.random.SeedGenerator(7), keras.random.SeedGenerator(7)
+  draws = []
+  for _ in range(2):
+    draw = sample_pixels(gt, 6, 1.5, generator).numpy()
+    u = keras.random.uniform((2, 30), minval=1e-12, maxval=1.0, seed=reference).numpy()
+    keys = (1.5 * np.log(gt.inverse_pixel_mask_area.numpy()) - 99999.0 * (1 - non_void)
+            - np.log(-np.log(u)))
+    np.testing.assert_array_equal(draw, np.argsort(-keys, axis=1, kind="stable")[:, :6])
+    draws.append(draw)
+  assert not np.array_equal(draws[0], draws[1])
+  np.testing.assert_array_equal(sample_pixels(gt, 6, 1.5, keras.random.SeedGenerator(7)),
+                                draws[0])
 
 
 def test_random_init_gives_about_ln_k():
@@ -71,7 +94,8 @@ def test_random_init_gives_about_ln_k():
   mask_id = rng.integers(0, 60, size=(1, num_pixels))
   gt = _gt(mask_id, np.ones((1, num_pixels), np.float32))
   features = _unit(rng, (1, num_pixels, 128))
-  loss = instance_discrimination_loss(f32(features), gt, sample_pixels(gt, k, 1.5)).numpy()[0]
+  samples = sample_pixels(gt, k, 1.5, keras.random.SeedGenerator(1))
+  loss = instance_discrimination_loss(f32(features), gt, samples).numpy()[0]
   assert abs(loss - np.log(k)) < 0.15, (loss, np.log(k))
 
 

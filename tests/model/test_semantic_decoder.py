@@ -1,4 +1,5 @@
-"""ASPP and the auxiliary semantic decoder: shapes, pooling branch, parameter count."""
+"""ASPP and the auxiliary semantic decoder: shapes, pooling branch, parameter count, dropout."""
+import keras
 import numpy as np
 import pytest
 
@@ -41,3 +42,42 @@ def test_coco_semantic_decoder_and_head_match_deeplab2_count():
   head(decoder(endpoints))
   count = sum(int(np.prod(w.shape)) for layer in (decoder, head) for w in layer.trainable_weights)
   assert count == 15856742
+
+
+def test_replica_dropout_on_one_device_is_keras_dropout():
+  # Two-replica behaviour: tests/trainer/test_distribution.py.
+  x = np.random.default_rng(0).normal(size=(200, 50)).astype(np.float32)
+  ours = semantic_decoder.ReplicaDropout(0.25, seed=4)
+  theirs = keras.layers.Dropout(0.25, seed=4)
+  first, second = (ours(x, training=True).numpy() for _ in range(2))
+  for y in (first, second):
+    np.testing.assert_array_equal(y, theirs(x, training=True))
+  assert not np.array_equal(first, second)
+  kept = first != 0
+  np.testing.assert_allclose(first[kept], x[kept] / 0.75, rtol=1e-6)
+  # Binomial(10000, 0.25) drops: standard deviation 0.0043 of the fraction.
+  assert abs(1 - kept.mean() - 0.25) < 0.02
+  np.testing.assert_array_equal(ours(x, training=False), x)
+  per_row = semantic_decoder.ReplicaDropout(0.5, noise_shape=(None, 1), seed=1)
+  y = per_row(x, training=True).numpy()
+  assert np.all((y == 0) == (y[:, :1] == 0))
+  np.testing.assert_array_equal(
+      y, keras.layers.Dropout(0.5, noise_shape=(None, 1), seed=1)(x, training=True))
+  clone = semantic_decoder.ReplicaDropout.from_config(per_row.get_config())
+  assert clone.get_config() == per_row.get_config()
+  np.testing.assert_array_equal(semantic_decoder.ReplicaDropout(1.0)(x, training=True), 0 * x)
+
+
+def test_aspp_dropout_is_active_in_training_only():
+  aspp = semantic_decoder.ASPP(16, (1, 2, 3))
+  assert isinstance(aspp.dropout, semantic_decoder.ReplicaDropout) and aspp.dropout.rate == 0.1
+  x = np.random.default_rng(1).normal(size=(2, 4, 4, 8)).astype(np.float32)
+  # The projection ends in BN + GELU, which is exactly 0 nowhere here: zeros are dropped units.
+  assert np.count_nonzero(aspp(x, training=False)) == 512
+  # Binomial(512, 0.1) drops: standard deviation 0.013 of the fraction.
+  assert abs(np.mean(aspp(x, training=True).numpy() == 0) - 0.1) < 0.055
+  # The dropout's seed state is its only variable, named by Keras' generator counter
+  # (`seed_generator_<n>/seed_generator_state`, not by the layer) as for keras.layers.Dropout.
+  weights = {id(v) for v in aspp.weights}
+  seed_states = [v.path for v in aspp.variables if id(v) not in weights]
+  assert len(seed_states) == 1 and seed_states[0].endswith("/seed_generator_state")

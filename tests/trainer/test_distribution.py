@@ -28,18 +28,18 @@ import tensorflow as tf
 if role == "mirrored":
   tf.config.set_logical_device_configuration(
       tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-import keras
 from kmax_tf import config, datasets
+from kmax_tf.model import semantic_decoder
 from kmax_tf.trainer import train_lib
 # Random masks cannot agree between 1 and 2 replicas (one device draws [2, ...], each replica
-# [1, ...]), so the model's two stochastic layers are switched off: the transformer decoder's
-# drop path and ASPP's Dropout(0.1).
+# [1, ...] from its own seed), so the model's two stochastic layers are switched off: the
+# transformer decoder's drop path and ASPP's ReplicaDropout(0.1).
 descriptor = datasets.get_dataset("synthetic_panoptic")
 datasets._BUILDERS["synthetic_panoptic"] = lambda: dataclasses.replace(
     descriptor, transformer_decoder_drop_path_keep_prob=1.0)
 datasets.get_dataset.cache_clear()  # It is functools.cache'd: drop the unpatched descriptor.
 assert datasets.get_dataset("synthetic_panoptic").transformer_decoder_drop_path_keep_prob == 1.0
-keras.layers.Dropout.call = lambda self, inputs, training=None: inputs
+semantic_decoder.ReplicaDropout.call = lambda self, inputs, training=None: inputs
 options = config.load_config(config_file, {"DATA_DIR": data_dir, "EXPERIMENT_NAME": "run"})
 devices = ("/cpu:0", "/cpu:1") if role == "mirrored" else None
 train_lib.run_experiment("train", options, model_dir, run_options=train_lib.RunOptions(
@@ -235,6 +235,73 @@ def test_trainer_step_under_two_replicas_matches_one_device(tmp_path):
       # float64: summation order differences are ~1e-16 relative.
       np.testing.assert_allclose(mirrored[key], value, rtol=1e-9, atol=1e-12,
                                  err_msg=f"{kind}: {key}")
+
+
+# Two replicas of a MirroredStrategy draw drop-path masks, ASPP dropout masks and instance-
+# discrimination pixels (kmax_tf.ops.replica_random); the whole thing twice from fresh,
+# equally seeded layers to show the per-replica draws are reproducible.
+_REPLICA_DRAWS = """
+import sys, types
+import numpy as np
+import tensorflow as tf
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from kmax_tf.losses.instance_discrimination import sample_pixels
+from kmax_tf.model.layers.drop_path import DropPath
+from kmax_tf.model.semantic_decoder import ReplicaDropout
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+# sample_pixels reads only these two fields: 40 non-void pixels of equal weight.
+gt = types.SimpleNamespace(pixel_non_void=tf.ones((1, 40)),
+                           inverse_pixel_mask_area=tf.ones((1, 40)))
+
+def draws(prefix):
+  with strategy.scope():
+    drop_path, dropout = DropPath(0.5, seed=1), ReplicaDropout(0.5, seed=2)
+    sampler = keras.random.SeedGenerator(3)
+
+  @tf.function
+  def step():
+    outputs = {"drop_path": drop_path(tf.ones((64, 1, 1, 1)), training=True),
+               "dropout": dropout(tf.ones((1, 64)), training=True),
+               "samples": sample_pixels(gt, 8, 1.0, sampler)}
+    # This replica's copy of the mirrored sampler state, read after the draw.
+    outputs["state"] = tf.identity(sampler.state.value)
+    return outputs
+
+  result = {}
+  for index in range(2):
+    for name, value in strategy.run(step).items():
+      for replica, local in enumerate(strategy.experimental_local_results(value)):
+        result[f"{prefix}/{name}/{index}/{replica}"] = local.numpy()
+  return result
+
+np.savez(sys.argv[1], **draws("first"), **draws("again"))
+"""
+
+
+def test_replicas_draw_different_masks_and_pixels(tmp_path):
+  output = tmp_path / "draws.npz"
+  result = subprocess.run([sys.executable, "-c", _REPLICA_DRAWS, str(output)],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  draws = dict(np.load(output))
+  for name in ("drop_path", "dropout", "samples"):
+    for step in (0, 1):
+      replica0, replica1 = (draws[f"first/{name}/{step}/{r}"] for r in (0, 1))
+      # Equal by chance with probability 2^-64 (masks) or ~1e-10 (8 ordered pixels of 40).
+      assert not np.array_equal(replica0, replica1), (name, step)
+      for replica in (0, 1):
+        key = f"{name}/{step}/{replica}"
+        np.testing.assert_array_equal(draws["again/" + key], draws["first/" + key])
+    assert not np.array_equal(draws[f"first/{name}/0/0"], draws[f"first/{name}/1/0"]), name
+  for replica in (0, 1):
+    assert set(np.unique(draws[f"first/drop_path/0/{replica}"])) == {0.0, 2.0}
+    assert len(set(draws[f"first/samples/0/{replica}"][0].tolist())) == 8
+    # Each replica advanced its copy of the mirrored state once per draw: they stay in sync.
+    for step in (0, 1):
+      np.testing.assert_array_equal(draws[f"first/state/{step}/{replica}"], [3, step + 1])
 
 
 def test_strategy_selection(monkeypatch):

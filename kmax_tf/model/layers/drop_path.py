@@ -4,6 +4,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kmax_tf.ops import replica_random
+
 
 def keep_prob_for_stage(keep_prob_last_stage: float, schedule: str, stage: int,
                         num_stages: int = 4) -> float:
@@ -21,7 +23,9 @@ class DropPath(keras.layers.Layer):
 
   Training output is `x * floor(keep + U[0, 1)) / keep` with one uniform draw per sample (mask
   shape `[B, 1, ..., 1]`), so each sample is either zeroed or scaled by `1 / keep` and the
-  expectation is unchanged. Inference (and `keep == 1`) returns `x` unchanged.
+  expectation is unchanged. Inference (and `keep == 1`) returns `x` unchanged. Under a
+  distribution strategy each replica draws its own masks (`ops.replica_random`), as deeplab2's
+  stateful draws do; on one device the masks are those of `keras.random.uniform`.
 
   Args:
     keep_prob: probability of keeping a sample's branch, in (0, 1].
@@ -45,7 +49,7 @@ class DropPath(keras.layers.Layer):
     mask_shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
     # The mask is drawn in float32: bfloat16 cannot represent keep + U[0, 1) finely enough
     # to keep the drop probability equal to 1 - keep.
-    uniform = keras.random.uniform(mask_shape, dtype="float32", seed=self.seed_generator)
+    uniform = replica_random.uniform(mask_shape, self.seed_generator, dtype="float32")
     mask = ops.floor(self.keep_prob + uniform) / self.keep_prob
     return inputs * ops.cast(mask, inputs.dtype)
 

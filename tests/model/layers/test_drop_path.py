@@ -1,4 +1,5 @@
 """Drop path: per-sample binary masks scaled by 1/keep, and deeplab2's linear schedule."""
+import keras
 import numpy as np
 import pytest
 
@@ -22,6 +23,27 @@ def test_training_masks_whole_samples():
   assert np.all(per_sample == per_sample[:, :1])  # one decision per sample
   assert set(np.unique(per_sample)) <= {0.0, 2.0}
   assert 0 < (per_sample[:, 0] == 0).sum() < 64
+
+
+def test_masks_follow_deeplab2_formula_and_are_reproducible():
+  # SPEC: x * floor(keep + U[0, 1)) / keep per sample. On one device the uniforms are those of
+  # keras.random.uniform with an equally seeded generator, one draw of [B, 1, 1, 1] per call.
+  x = np.random.default_rng(0).normal(size=(32, 2, 2, 3)).astype(np.float32)
+  layer = drop_path.DropPath(0.7, seed=11)
+  first, second = (layer(x, training=True).numpy() for _ in range(2))
+  reference = keras.random.SeedGenerator(11)
+  for y in (first, second):
+    u = keras.random.uniform((32, 1, 1, 1), seed=reference).numpy()
+    np.testing.assert_allclose(y, x * np.floor(0.7 + u) / 0.7, rtol=1e-6)
+  assert not np.array_equal(first, second)
+  np.testing.assert_array_equal(drop_path.DropPath(0.7, seed=11)(x, training=True), first)
+
+
+def test_drop_rate_is_one_minus_keep():
+  kept = drop_path.DropPath(0.8, seed=5)(np.ones((20000, 1), np.float32), training=True).numpy()
+  assert set(np.unique(kept)) == {0.0, 1.25}
+  # Binomial(20000, 0.2) drops: standard deviation 0.0028 of the fraction.
+  assert abs((kept == 0).mean() - 0.2) < 0.012
 
 
 def test_inference_and_keep_one_are_identity():
