@@ -38,8 +38,8 @@ class Conv2DSame(keras.layers.Layer):
   """`[B, H, W, Cin] -> [B, H', W', filters]` conv (+ BN) (+ activation).
 
   With BN the convolution has no bias (deeplab2 raises on both). A stride-1 conv with
-  `dilation_rate >= _TAP_SUM_MIN_RATE` sums `kernel_size**2` shifted 1x1 convolutions of the
-  zero-padded input (same result and the same `conv/kernel` variable; see the constant for why).
+  `dilation_rate >= _TAP_SUM_MIN_RATE` sums `kernel_size**2` shifted 1x1 convolutions over the
+  input windows each tap overlaps (same result and the same `conv/kernel` variable; see the constant for why).
   """
 
   def __init__(self, filters: int, kernel_size: int = 1, strides: int = 1,
