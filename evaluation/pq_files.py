@@ -3,9 +3,10 @@
 Implements the rules of panopticapi's `pq_compute` (VOID = id 0, crowd handling, IoU > 0.5,
 ground-truth areas from the JSON, predicted areas from the PNG, the same sanity errors) through
 `pq_core.match_segments`. It is faster because PNGs are decoded by `panoptic_png` (batched,
-only rows that differ from the row above), it never sorts pixels (PNG ids are mapped to compact
-segment indices with a lookup table over the 2^24 RGB ids the JSON lists, intersections are one
-weighted `np.bincount`), and `--workers` spreads images over processes.
+only rows that differ from the row above), pixels are counted as horizontal runs of equal
+(ground truth, prediction) pairs, it never sorts pixels (PNG ids are mapped to compact segment
+indices with a lookup table over the 2^24 RGB ids the JSON lists; the intersections of a batch
+of images are one weighted `np.bincount`), and `--workers` spreads images over processes.
 
 `crowd_convention="deeplab2"` instead turns ground-truth crowd segments into VOID (deeplab2's
 converters), which forgives predictions of any category over crowd and drops crowd from unions.
@@ -25,8 +26,9 @@ _NUM_RGB_IDS = 1 << 24
 _GROUPS = (("All", None), ("Things", True), ("Stuff", False))
 _BATCH = 16  # image pairs decoded together (panoptic_png vectorises across a batch)
 
-# Per-process lookup table (RGB id -> segment slot), allocated on first use; entries are reset
-# after every use.
+# Per-process lookup table (RGB id -> segment slot + 1, 0 for ids not listed), allocated on first
+# use. np.zeros maps untouched zero pages, so it costs nothing until entries are written, where
+# np.full(-1) would spend ~75 ms writing 64 MB in every worker. Entries are reset after every use.
 _LOOKUP: list[np.ndarray] = []
 
 
@@ -38,81 +40,119 @@ def _read(path: str) -> bytes:
     raise FileNotFoundError(f"Cannot read PNG {path}: {e}") from e
 
 
-def _map_ids(ids: np.ndarray, segment_ids: Sequence[int]) -> np.ndarray:
-  """Slots 1..S for the listed segment ids in order, 0 for an unlisted id 0, -1 otherwise."""
+def _map_ids(ids: np.ndarray, segment_ids: Sequence[int], slots: np.ndarray) -> np.ndarray:
+  """`slots[k]` where ids equal `segment_ids[k]`, 0 where an unlisted id is 0, -1 elsewhere."""
   if not _LOOKUP:
-    _LOOKUP.append(np.full(_NUM_RGB_IDS, -1, np.int32))
+    _LOOKUP.append(np.zeros(_NUM_RGB_IDS, np.int32))
   table = _LOOKUP[0]
   listed = np.asarray(segment_ids, np.int64)
-  table[0] = 0
-  table[listed] = np.arange(1, len(listed) + 1, dtype=np.int32)
+  table[0] = 1
+  table[listed] = slots + 1
   try:
-    return table[ids]
+    mapped = table[ids]
   finally:
-    table[listed] = -1
-    table[0] = -1
+    table[listed] = 0
+    table[0] = 0
+  mapped -= 1
+  return mapped
 
 
-def image_stats(gt_annotation: dict, pred_annotation: dict, gt_image, pred_image,
-                category_index: dict, crowd_convention: str = "official"):
-  """PQ statistics `(iou, tp, fn, fp)` `[K + 1]` of one image (index K collects unknown GT
-  categories, which panopticapi counts but never averages).
+def _runs(gt_key, gt_rows, pred_key, pred_rows, height):
+  """Run-length form of a ground-truth/prediction pair of key-row images: `(gt_ids, pred_ids,
+  weight)` `[N]`, one entry per horizontal run of equal (ground truth, prediction) pixels in
+  the union of both images' key rows, weighing its length times the rows that repeat it.
+  Segment outlines change few pixels per row, so N is far below the pixel count."""
+  rows = np.union1d(gt_key, pred_key)
+  gt = gt_rows if len(rows) == len(gt_key) else gt_rows[
+      np.searchsorted(gt_key, rows, side="right") - 1]
+  pred = pred_rows if len(rows) == len(pred_key) else pred_rows[
+      np.searchsorted(pred_key, rows, side="right") - 1]
+  width = gt.shape[1]
+  starts = np.empty(gt.shape, bool)
+  starts[:, 0] = True
+  np.not_equal(gt[:, 1:], gt[:, :-1], out=starts[:, 1:])
+  starts[:, 1:] |= pred[:, 1:] != pred[:, :-1]
+  starts = np.flatnonzero(starts)
+  lengths = np.diff(starts, append=gt.size)
+  weight = lengths * np.diff(rows, append=height)[starts // width]
+  return gt.ravel()[starts], pred.ravel()[starts], weight
 
-  `gt_image`, `pred_image`: `(key_rows, ids, height)` from `panoptic_png.decode_batch`. Rows
+
+def batch_stats(annotation_pairs: Sequence[tuple[dict, dict]], images: Sequence, category_index: dict,
+                crowd_convention: str = "official"):
+  """PQ statistics `(iou, tp, fn, fp)` `[K + 1]` summed over a batch of images (index K
+  collects unknown GT categories, which panopticapi counts but never averages).
+
+  `annotation_pairs`: (ground truth, prediction) annotations; `images`: for each pair, the ground
+  truth's then the prediction's `(key_rows, ids, height)` from `panoptic_png.decode_batch`. Rows
   between key rows repeat the row above in both images, so each row of the union of key rows
   stands for itself and the rows repeating it (its pixels weigh that many rows).
   """
-  image_id = gt_annotation["image_id"]
-  num_categories = len(category_index)
-  (gt_key, gt_rows, height), (pred_key, pred_rows, pred_height) = gt_image, pred_image
-  if (height, gt_rows.shape[1]) != (pred_height, pred_rows.shape[1]):
-    raise ValueError(f"Image {image_id}: ground truth is {height}x{gt_rows.shape[1]}, "
-                     f"prediction {pred_height}x{pred_rows.shape[1]} "
-                     f"({pred_annotation['file_name']})")
-  rows = np.union1d(gt_key, pred_key)
-  gt_ids = gt_rows[np.searchsorted(gt_key, rows, side="right") - 1].ravel()
-  pred_ids = pred_rows[np.searchsorted(pred_key, rows, side="right") - 1].ravel()
-  weight = np.repeat(np.diff(rows, append=height), gt_rows.shape[1])
-
-  gt_segments = gt_annotation["segments_info"]
   if crowd_convention not in pq_core.CROWD_CONVENTIONS:
     raise ValueError(f"crowd_convention must be one of {pq_core.CROWD_CONVENTIONS}, "
                      f"got {crowd_convention!r}")
-  dropped = []
-  if crowd_convention == "deeplab2":
-    dropped = [s["id"] for s in gt_segments if s.get("iscrowd", 0)]
-    gt_segments = [s for s in gt_segments if not s.get("iscrowd", 0)]
-  num_gt = len(gt_segments)
-  gt_slots = _map_ids(gt_ids, [s["id"] for s in gt_segments] + dropped)
-  unlisted = gt_slots < 0
-  gt_slots[gt_slots > num_gt] = 0  # dropped crowd segments read as VOID
-  gt_slots[unlisted] = num_gt + 1
+  num_categories = len(category_index)
+  kept, dropped, pred_lists = [], [], []
+  for gt_annotation, pred_annotation in annotation_pairs:
+    segments = gt_annotation["segments_info"]
+    dropped_ids = []
+    if crowd_convention == "deeplab2":  # crowd segments read as VOID
+      dropped_ids = [s["id"] for s in segments if s.get("iscrowd", 0)]
+      segments = [s for s in segments if not s.get("iscrowd", 0)]
+    kept.append(segments)
+    dropped.append(dropped_ids)
+    pred_lists.append(pred_annotation["segments_info"])
+  gt_offsets = np.cumsum([0] + [len(k) for k in kept])
+  pred_offsets = np.cumsum([0] + [len(p) for p in pred_lists])
+  num_gt, num_pred = int(gt_offsets[-1]), int(pred_offsets[-1])
+  unlisted = num_gt + 1
 
-  pred_segments = pred_annotation["segments_info"]
-  pred_slots = _map_ids(pred_ids, [s["id"] for s in pred_segments])
-  if (pred_slots < 0).any():
-    unknown = np.unique(pred_ids[pred_slots < 0])
-    raise KeyError(f"In the image with ID {image_id} segments with IDs {unknown.tolist()} are "
-                   "presented in PNG and not presented in JSON.")
-  pred_area = np.bincount(pred_slots, weights=weight, minlength=len(pred_segments) + 1)[1:]
-  if (pred_area == 0).any():
-    missing = [s["id"] for s, a in zip(pred_segments, pred_area) if a == 0]
-    raise KeyError(f"In the image with ID {image_id} the following segment IDs {missing} are "
-                   "presented in JSON and not presented in PNG.")
+  gt_index, pred_index, weights = [], [], []
+  for i, ((gt_annotation, pred_annotation), gt_image, pred_image) in enumerate(
+      zip(annotation_pairs, images[0::2], images[1::2])):
+    (gt_key, gt_rows, height), (pred_key, pred_rows, pred_height) = gt_image, pred_image
+    if (height, gt_rows.shape[1]) != (pred_height, pred_rows.shape[1]):
+      raise ValueError(f"Image {gt_annotation['image_id']}: ground truth is {height}x"
+                       f"{gt_rows.shape[1]}, prediction {pred_height}x{pred_rows.shape[1]} "
+                       f"({pred_annotation['file_name']})")
+    gt_ids, pred_ids, weight = _runs(gt_key, gt_rows, pred_key, pred_rows, height)
+    weights.append(weight)
+    gt_slots = np.concatenate([gt_offsets[i] + np.arange(1, len(kept[i]) + 1),
+                               np.zeros(len(dropped[i]), np.int64)])
+    slots = _map_ids(gt_ids, [s["id"] for s in kept[i]] + dropped[i], gt_slots)
+    slots[slots < 0] = unlisted
+    gt_index.append(slots)
+    slots = _map_ids(pred_ids, [s["id"] for s in pred_lists[i]],
+                     pred_offsets[i] + np.arange(1, len(pred_lists[i]) + 1))
+    if (slots < 0).any():
+      unknown = np.unique(pred_ids[slots < 0])
+      raise KeyError(f"In the image with ID {gt_annotation['image_id']} segments with IDs "
+                     f"{unknown.tolist()} are presented in PNG and not presented in JSON.")
+    pred_index.append(slots)
+  gt_index, pred_index, weights = (np.concatenate(a) for a in (gt_index, pred_index, weights))
+
+  pred_area = np.bincount(pred_index, weights=weights, minlength=num_pred + 1)[1:]
+  for i in np.unique(np.searchsorted(pred_offsets, np.flatnonzero(pred_area == 0), "right") - 1):
+    missing = [s["id"] for s, a in zip(pred_lists[i], pred_area[pred_offsets[i]:])
+               if a == 0]
+    raise KeyError(f"In the image with ID {annotation_pairs[i][0]['image_id']} the following "
+                   f"segment IDs {missing} are presented in JSON and not presented in PNG.")
   pred_category = []
-  for segment in pred_segments:
-    if segment["category_id"] not in category_index:
-      raise KeyError(f"In the image with ID {image_id} segment with ID {segment['id']} has "
-                     f"unknown category_id {segment['category_id']}.")
-    pred_category.append(category_index[segment["category_id"]])
-
-  gt_category = np.array([category_index.get(s["category_id"], num_categories)
-                          for s in gt_segments], np.int64)
+  for (gt_annotation, _), segments in zip(annotation_pairs, pred_lists):
+    for segment in segments:
+      if segment["category_id"] not in category_index:
+        raise KeyError(f"In the image with ID {gt_annotation['image_id']} segment with ID "
+                       f"{segment['id']} has unknown category_id {segment['category_id']}.")
+      pred_category.append(category_index[segment["category_id"]])
+  gt_segments = [s for segments in kept for s in segments]
   return pq_core.match_segments(
-      gt_slots, pred_slots, gt_category,
+      gt_index, pred_index,
+      np.array([category_index.get(s["category_id"], num_categories) for s in gt_segments],
+               np.int64),
       np.array([s["area"] for s in gt_segments], np.float64),
       np.array([bool(s.get("iscrowd", 0)) for s in gt_segments], bool),
-      np.array(pred_category, np.int64), num_categories + 1, pixel_weight=weight)
+      np.array(pred_category, np.int64), num_categories + 1, pixel_weight=weights,
+      gt_image=np.repeat(np.arange(len(kept)), [len(k) for k in kept]))
 
 
 def _chunk_stats(args):
@@ -123,9 +163,7 @@ def _chunk_stats(args):
     paths = [os.path.join(folder, annotation["file_name"]) for pair in batch
              for folder, annotation in zip((gt_folder, pred_folder), pair)]
     images = panoptic_png.decode_batch([_read(p) for p in paths], paths)
-    for i, (gt_annotation, pred_annotation) in enumerate(batch):
-      totals += np.stack(image_stats(gt_annotation, pred_annotation, images[2 * i],
-                                     images[2 * i + 1], category_index, crowd_convention))
+    totals += np.stack(batch_stats(batch, images, category_index, crowd_convention))
   return totals
 
 

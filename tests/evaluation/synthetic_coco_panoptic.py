@@ -14,11 +14,25 @@ def _id_to_rgb(ids):
   return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
 
 
-def write_synthetic_set(root, num_images, height, width, seed=0, num_categories=8):
+def _paint(array, box, value, shape):
+  """Sets the rectangle `box` = (y0, x0, y1, x1) of `array`, or the ellipse inscribed in it."""
+  y0, x0, y1, x1 = box
+  if shape == "rectangles":
+    array[y0:y1, x0:x1] = value
+    return
+  y, x = np.ogrid[y0:y1, x0:x1]
+  inside = (((y - (y0 + y1 - 1) / 2) / ((y1 - y0) / 2)) ** 2 +
+            ((x - (x0 + x1 - 1) / 2) / ((x1 - x0) / 2)) ** 2) <= 1
+  array[y0:y1, x0:x1][inside] = value
+
+
+def write_synthetic_set(root, num_images, height, width, seed=0, num_categories=8,
+                        shapes="rectangles"):
   """Writes gt/ + gt.json and pred/ + pred.json in COCO panoptic format under `root`.
 
-  Categories 1..num_categories (odd ids are things). GT: random rectangles over a stuff
-  background, some void and crowd. Predictions: GT segments with shifted boxes, some relabelled,
+  Categories 1..num_categories (odd ids are things). GT: random rectangles (or, with
+  `shapes="ellipses"`, the ellipses inscribed in them, whose outlines change on almost every row
+  as real object outlines do) over a stuff background, some void and crowd. Predictions: GT segments with shifted boxes, some relabelled,
   dropped or split, plus spurious boxes, so every rule (TP, FN, FP, void, crowd) is exercised.
   Returns (gt_json, gt_folder, pred_json, pred_folder).
   """
@@ -43,22 +57,22 @@ def write_synthetic_set(root, num_images, height, width, seed=0, num_categories=
     gt_cat = np.full((height, width), rng.choice(stuffs), np.int64)
     gt_inst = np.zeros((height, width), np.int64)
     gt_crowd = np.zeros((height, width), bool)
-    for y0, x0, y1, x1 in boxes(2, 0.5):
-      gt_cat[y0:y1, x0:x1] = rng.choice(stuffs)
-    for k, (y0, x0, y1, x1) in enumerate(boxes(rng.integers(3, 12), 0.3)):
-      gt_cat[y0:y1, x0:x1] = rng.choice(things)
-      gt_inst[y0:y1, x0:x1] = k + 1
-      gt_crowd[y0:y1, x0:x1] = rng.random() < 0.15
-    for y0, x0, y1, x1 in boxes(2, 0.1):
-      gt_cat[y0:y1, x0:x1] = 0
+    for box in boxes(2, 0.5):
+      _paint(gt_cat, box, rng.choice(stuffs), shapes)
+    for k, box in enumerate(boxes(rng.integers(3, 12), 0.3)):
+      _paint(gt_cat, box, rng.choice(things), shapes)
+      _paint(gt_inst, box, k + 1, shapes)
+      _paint(gt_crowd, box, rng.random() < 0.15, shapes)
+    for box in boxes(2, 0.1):
+      _paint(gt_cat, box, 0, shapes)
     # Predictions: perturb the GT label map.
     pred_cat, pred_inst = gt_cat.copy(), gt_inst.copy()
     shift = rng.integers(-4, 5, 2)
     pred_cat = np.roll(pred_cat, shift, axis=(0, 1))
     pred_inst = np.roll(pred_inst, shift, axis=(0, 1))
-    for y0, x0, y1, x1 in boxes(rng.integers(1, 6), 0.25):
-      pred_cat[y0:y1, x0:x1] = rng.choice(things + stuffs)
-      pred_inst[y0:y1, x0:x1] = 100 + rng.integers(0, 3)
+    for box in boxes(rng.integers(1, 6), 0.25):
+      _paint(pred_cat, box, rng.choice(things + stuffs), shapes)
+      _paint(pred_inst, box, 100 + rng.integers(0, 3), shapes)
     relabel = {c: rng.choice(things + stuffs) for c in range(1, num_categories + 1)
                if rng.random() < 0.1}
     for old, new in relabel.items():

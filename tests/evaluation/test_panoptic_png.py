@@ -109,3 +109,22 @@ def test_corrupt_data_names_the_file():
     panoptic_png.decode_batch([broken], ["bad.png"])
   with pytest.raises(ValueError, match="not a PNG"):
     panoptic_png.decode_batch([b"GIF89a"], ["x.gif"])
+
+
+def test_batches_spanning_several_stored_deflate_blocks():
+  # Noise makes every row a key row: 2 images x (1 separator + 128 rows) x 514 bytes is more
+  # than two 65535-byte stored blocks, so the batch PNG has full blocks and a partial one.
+  rng = np.random.default_rng(2)
+  images = [rng.integers(0, 256, (128, 171, 3), dtype=np.uint8) for _ in range(2)]
+  pngs = [encode(pixels, rng.choice([0, 1, 2, 3, 4], 128)) for pixels in images]
+  for pixels, (key, ids, height) in zip(images, panoptic_png.decode_batch(pngs)):
+    np.testing.assert_array_equal(panoptic_png.expand(key, ids, height), ids_of(pixels))
+
+
+@pytest.mark.parametrize("rows", [255, 256])
+def test_stored_png_at_an_exact_block_boundary(rows):
+  # 255 scanlines of 514 bytes are exactly two stored blocks (the last block is then empty).
+  scanlines = np.random.default_rng(rows).integers(0, 256, (rows, 514), dtype=np.uint8)
+  scanlines[:, 0] = 0  # filter None: the decoded pixels are the bytes themselves
+  image = cv2.imdecode(panoptic_png._key_rows_png(171, 2, scanlines), cv2.IMREAD_UNCHANGED)
+  np.testing.assert_array_equal(image[..., ::-1].reshape(rows, 513), scanlines[:, 1:])
