@@ -59,8 +59,10 @@ class AxialAttention(keras.layers.Layer):
     self._key_depth = total_key_depth // num_heads
     self._value_depth = total_value_depth // num_heads
     self.batch_norm_qkv = self.norm_layer(name="batch_norm_qkv")
-    # Similarity logits feed a softmax: keep their BN (and the softmax) in float32.
-    self.batch_norm_similarity = self.norm_layer(name="batch_norm_similarity", dtype="float32")
+    # Similarity logits feed a softmax: keep their BN (and the softmax) in float32. They are laid
+    # out [B, (type, head), L, M], so the BN channels are axis 1.
+    self.batch_norm_similarity = self.norm_layer(name="batch_norm_similarity", dtype="float32",
+                                                 axis=1)
     self.batch_norm_retrieved_output = self.norm_layer(name="batch_norm_retrieved_output")
 
   def build(self, input_shape):
@@ -77,7 +79,7 @@ class AxialAttention(keras.layers.Layer):
                                      initializer=keras.initializers.TruncatedNormal(stddev=1.0))
     qkv_depth = 2 * self.total_key_depth + self.total_value_depth
     self.batch_norm_qkv.build(tuple(input_shape[:-1]) + (qkv_depth,))
-    self.batch_norm_similarity.build((None, None, None, 3 * self.num_heads))
+    self.batch_norm_similarity.build((None, 3 * self.num_heads, None, None))
     self.batch_norm_retrieved_output.build((None, None, 2 * self.total_value_depth))
 
   def call(self, inputs, training=None):
@@ -87,26 +89,30 @@ class AxialAttention(keras.layers.Layer):
     qkv = self.batch_norm_qkv(qkv, training=training)
     query, key, value = ops.split(
         qkv, [self.total_key_depth, 2 * self.total_key_depth], axis=-1)
-    query = ops.reshape(query, (-1, length, heads, dk))
-    key = ops.reshape(key, (-1, length, heads, dk))
-    value = ops.reshape(value, (-1, length, heads, dv))
+    # Heads before positions ([B, heads, L, d]), as in deeplab2: the products below are then
+    # batched matmuls whose results need no transpose of their two innermost axes, which TF's
+    # CPU transpose does slowly (with heads last this layer took 48 ms instead of 33 ms on a
+    # 41-long axis of 256 channels).
+    query = ops.transpose(ops.reshape(query, (-1, length, heads, dk)), (0, 2, 1, 3))
+    key = ops.transpose(ops.reshape(key, (-1, length, heads, dk)), (0, 2, 1, 3))
+    value = ops.transpose(ops.reshape(value, (-1, length, heads, dv)), (0, 2, 1, 3))
     index = relative_distance_index(length)
     query_rpe = ops.cast(ops.take(self.query_rpe, index, axis=0), inputs.dtype)  # [L, L, dk]
     key_rpe = ops.cast(ops.take(self.key_rpe, index, axis=0), inputs.dtype)
     value_rpe = ops.cast(ops.take(self.value_rpe, index, axis=0), inputs.dtype)
-    # [B, L(query), L(key), heads] per similarity type; BN channels are (type, head).
+    # [B, (type, head), L(query), L(key)]: content, query-RPE and key-RPE similarities.
     similarity = ops.concatenate([
-        ops.einsum("blhd,bmhd->blmh", query, key),
-        ops.einsum("blhd,lmd->blmh", query, query_rpe),
-        ops.einsum("bmhd,lmd->blmh", key, key_rpe),
-    ], axis=-1)
+        ops.einsum("bhld,bhmd->bhlm", query, key),
+        ops.einsum("bhld,lmd->bhlm", query, query_rpe),
+        ops.einsum("bhmd,lmd->bhlm", key, key_rpe),
+    ], axis=1)
     similarity = self.batch_norm_similarity(ops.cast(similarity, "float32"), training=training)
-    similarity = ops.sum(ops.reshape(similarity, (-1, length, length, 3, heads)), axis=3)
-    weights = ops.cast(ops.softmax(similarity, axis=2), inputs.dtype)
+    similarity = ops.sum(ops.reshape(similarity, (-1, 3, heads, length, length)), axis=1)
+    weights = ops.cast(ops.softmax(similarity, axis=-1), inputs.dtype)
     # [B, L, 2, heads, dv]: content and positional retrievals; BN channels are (type, head, d).
     retrieved = ops.stack([
-        ops.einsum("blmh,bmhd->blhd", weights, value),
-        ops.einsum("blmh,lmd->blhd", weights, value_rpe),
+        ops.einsum("bhlm,bhmd->blhd", weights, value),
+        ops.einsum("bhlm,lmd->blhd", weights, value_rpe),
     ], axis=2)
     retrieved = ops.reshape(retrieved, (-1, length, 2 * self.total_value_depth))
     retrieved = self.batch_norm_retrieved_output(retrieved, training=training)

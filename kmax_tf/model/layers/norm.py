@@ -12,7 +12,7 @@ import keras
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
 class BatchNormFactory:
-  """Callable returning a fresh batch-norm layer over the last axis.
+  """Callable returning a fresh batch-norm layer (over the last axis unless told otherwise).
 
   Args:
     momentum: moving-statistics momentum (deeplab2 SolverOptions default 0.99).
@@ -25,10 +25,10 @@ class BatchNormFactory:
     self.epsilon = float(epsilon)
     self.synchronized = bool(synchronized)
 
-  def __call__(self, name: str | None = None, gamma_initializer="ones", dtype=None):
+  def __call__(self, name: str | None = None, gamma_initializer="ones", dtype=None, axis=-1):
     """Returns a BN layer; `dtype="float32"` keeps it in float32 under mixed precision."""
     return keras.layers.BatchNormalization(
-        axis=-1, momentum=self.momentum, epsilon=self.epsilon, synchronized=self.synchronized,
+        axis=axis, momentum=self.momentum, epsilon=self.epsilon, synchronized=self.synchronized,
         gamma_initializer=gamma_initializer, name=name, dtype=dtype)
 
   def get_config(self) -> dict:
