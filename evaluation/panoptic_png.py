@@ -134,7 +134,7 @@ def decode_batch(pngs: Sequence[bytes], names: Sequence[str] | None = None):
       raise ValueError(f"Cannot decode PNG {name}: {e}") from e
     if raw[:, 0].max() > _PAETH:
       raise ValueError(f"Cannot decode PNG {name}: unknown filter type {raw[:, 0].max()}")
-    # Every other row is filter Up with zero residuals: a copy of the row above.
+    # Rows other than key rows are filter Up with zero residuals: copies of the row above.
     is_key = (raw[:, 0] != _UP) | (raw[:, 1:].max(axis=1) > 0)
     is_key[0] = True
     key = np.flatnonzero(is_key)

@@ -78,8 +78,8 @@ def _runs(gt_key, gt_rows, pred_key, pred_rows, height):
   return gt.ravel()[starts], pred.ravel()[starts], weight
 
 
-def batch_stats(annotation_pairs: Sequence[tuple[dict, dict]], images: Sequence, category_index: dict,
-                crowd_convention: str = "official"):
+def batch_stats(annotation_pairs: Sequence[tuple[dict, dict]], images: Sequence,
+                category_index: dict, crowd_convention: str = "official"):
   """PQ statistics `(iou, tp, fn, fp)` `[K + 1]` summed over a batch of images (index K
   collects unknown GT categories, which panopticapi counts but never averages).
 
@@ -132,9 +132,10 @@ def batch_stats(annotation_pairs: Sequence[tuple[dict, dict]], images: Sequence,
   gt_index, pred_index, weights = (np.concatenate(a) for a in (gt_index, pred_index, weights))
 
   pred_area = np.bincount(pred_index, weights=weights, minlength=num_pred + 1)[1:]
-  for i in np.unique(np.searchsorted(pred_offsets, np.flatnonzero(pred_area == 0), "right") - 1):
-    missing = [s["id"] for s, a in zip(pred_lists[i], pred_area[pred_offsets[i]:])
-               if a == 0]
+  absent = np.flatnonzero(pred_area == 0)
+  if absent.size:
+    i = int(np.searchsorted(pred_offsets, absent[0], side="right") - 1)
+    missing = [s["id"] for s, a in zip(pred_lists[i], pred_area[pred_offsets[i]:]) if a == 0]
     raise KeyError(f"In the image with ID {annotation_pairs[i][0]['image_id']} the following "
                    f"segment IDs {missing} are presented in JSON and not presented in PNG.")
   pred_category = []

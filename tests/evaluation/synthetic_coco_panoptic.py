@@ -14,10 +14,10 @@ def _id_to_rgb(ids):
   return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
 
 
-def _paint(array, box, value, shape):
+def _paint(array, box, value, shapes):
   """Sets the rectangle `box` = (y0, x0, y1, x1) of `array`, or the ellipse inscribed in it."""
   y0, x0, y1, x1 = box
-  if shape == "rectangles":
+  if shapes == "rectangles":
     array[y0:y1, x0:x1] = value
     return
   y, x = np.ogrid[y0:y1, x0:x1]
@@ -32,8 +32,9 @@ def write_synthetic_set(root, num_images, height, width, seed=0, num_categories=
 
   Categories 1..num_categories (odd ids are things). GT: random rectangles (or, with
   `shapes="ellipses"`, the ellipses inscribed in them, whose outlines change on almost every row
-  as real object outlines do) over a stuff background, some void and crowd. Predictions: GT segments with shifted boxes, some relabelled,
-  dropped or split, plus spurious boxes, so every rule (TP, FN, FP, void, crowd) is exercised.
+  as real object outlines do) over a stuff background, some void and crowd. Predictions: GT
+  segments with shifted boxes, some relabelled, dropped or split, plus spurious boxes, so every
+  rule (TP, FN, FP, void, crowd) is exercised.
   Returns (gt_json, gt_folder, pred_json, pred_folder).
   """
   rng = np.random.default_rng(seed)
