@@ -65,6 +65,17 @@ def test_matches_panopticapi_on_outlines_that_change_every_row(tmp_path):
   assert 0.05 < ours["All"]["pq"] < 0.95
 
 
+def test_map_ids_to_slots():
+  ids = np.array([7, 0, 5, 9, 7, 3, 0], np.uint32)
+  # 7 listed twice: the last listing wins (what panopticapi's id -> segment dict keeps).
+  np.testing.assert_array_equal(pq_files._map_ids(ids, [7, 5, 7, 3], np.array([10, 11, 12, 13])),
+                                [12, 0, 11, -1, 12, 13, 0])
+  np.testing.assert_array_equal(pq_files._map_ids(ids, [0, 9], np.array([4, 8])),
+                                [-1, 4, -1, 8, -1, -1, 4])
+  np.testing.assert_array_equal(pq_files._map_ids(ids, [], np.array([], np.int64)),
+                                [-1, 0, -1, -1, -1, -1, 0])
+
+
 def test_workers_give_identical_numbers(dataset):
   one = pq_files.pq_compute(dataset[0], dataset[2], dataset[1], dataset[3], workers=1)
   two = pq_files.pq_compute(dataset[0], dataset[2], dataset[1], dataset[3], workers=2)
