@@ -27,7 +27,7 @@ import numpy.ma  # pylint: disable=unused-import
 from kmax_tf.evaluation import panoptic_png, pq_core
 
 _GROUPS = (("All", None), ("Things", True), ("Stuff", False))
-_BATCH = 16  # image pairs decoded together (panoptic_png vectorises across a batch)
+_BATCH = 16  # image pairs per libpng call (panoptic_png) and per `match_segments` call
 
 def _read(path: str) -> bytes:
   try:
@@ -207,8 +207,8 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
   if workers == 1:
     totals = _chunk_stats(chunks[0])
   else:
-    # fork: workers need nothing but numpy/PIL, and spawned children re-run the parent's
-    # __main__ (under pytest they never come up).
+    # fork: workers need nothing but numpy, OpenCV and libdeflate, and spawned children re-run
+    # the parent's __main__ (under pytest they never come up).
     with multiprocessing.get_context("fork").Pool(workers) as pool:
       totals = sum(pool.map(_chunk_stats, chunks))
   stats = totals[:, :len(categories)]

@@ -21,7 +21,7 @@ def register(subparsers):
 
 
 def _run_pq(args) -> int:
-  from kmax_tf.evaluation import pq_files  # numpy/PIL only; no TensorFlow needed.
+  from kmax_tf.evaluation import pq_files  # numpy, OpenCV, libdeflate; no TensorFlow needed.
   start = time.perf_counter()
   results = pq_files.pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,
                                 workers=args.workers, crowd_convention=args.crowd_convention)

@@ -218,12 +218,18 @@ np.savez(sys.argv[1], **results)
 """
 
 
-def test_trainer_step_under_two_replicas_matches_one_device(tmp_path):
-  output = tmp_path / "weights.npz"
-  result = subprocess.run([sys.executable, "-c", _TOY, str(output)], capture_output=True,
-                          text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+def _run_script(script, output, timeout):
+  """Runs `script` in a fresh Python (it sets up its own logical devices) with the path of an
+  .npz it writes; returns the arrays it saved."""
+  result = subprocess.run([sys.executable, "-c", script, str(output)], capture_output=True,
+                          text=True, timeout=timeout,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   assert result.returncode == 0, result.stderr[-3000:]
-  arrays = np.load(output)
+  return dict(np.load(output))
+
+
+def test_trainer_step_under_two_replicas_matches_one_device(tmp_path):
+  arrays = _run_script(_TOY, tmp_path / "weights.npz", timeout=600)
   for kind in ("adamw", "sgd"):
     single = {key.split("/", 2)[2]: arrays[key] for key in arrays
               if key.startswith(f"{kind}/single/")}
@@ -281,12 +287,7 @@ np.savez(sys.argv[1], **draws("first"), **draws("again"))
 
 
 def test_replicas_draw_different_masks_and_pixels(tmp_path):
-  output = tmp_path / "draws.npz"
-  result = subprocess.run([sys.executable, "-c", _REPLICA_DRAWS, str(output)],
-                          capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  assert result.returncode == 0, result.stderr[-3000:]
-  draws = dict(np.load(output))
+  draws = _run_script(_REPLICA_DRAWS, tmp_path / "draws.npz", timeout=300)
   for name in ("drop_path", "dropout", "samples"):
     for step in (0, 1):
       replica0, replica1 = (draws[f"first/{name}/{step}/{r}"] for r in (0, 1))

@@ -39,7 +39,8 @@ class Conv2DSame(keras.layers.Layer):
 
   With BN the convolution has no bias (deeplab2 raises on both). A stride-1 conv with
   `dilation_rate >= _TAP_SUM_MIN_RATE` sums `kernel_size**2` shifted 1x1 convolutions over the
-  input windows each tap overlaps (same result and the same `conv/kernel` variable; see the constant for why).
+  input windows each tap overlaps (same result and the same `conv/kernel` variable; see the
+  constant for why).
   """
 
   def __init__(self, filters: int, kernel_size: int = 1, strides: int = 1,
