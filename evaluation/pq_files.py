@@ -37,45 +37,64 @@ def _read(path: str) -> bytes:
     raise FileNotFoundError(f"Cannot read PNG {path}: {e}") from e
 
 
-def _map_ids(ids: np.ndarray, segment_ids: Sequence[int], slots: np.ndarray) -> np.ndarray:
-  """`slots[k]` where ids equal `segment_ids[k]` (the last listed, for a repeated id), 0 where an
-  unlisted id is 0, -1 elsewhere.
+def _keys(pair: np.ndarray, ids: np.ndarray) -> np.ndarray:
+  """int64 keys of (pair in the batch, segment id), unique across a batch; -1 for ids no PNG
+  can hold (outside 24 bits), which then match nothing."""
+  ids = ids.astype(np.int64)
+  return np.where((ids >= 0) & (ids < 1 << 24), pair << 24 | ids, -1)
 
-  A binary search over the few listed ids: `ids` holds one entry per run, not per pixel. (A
+
+def _map_ids(keys: np.ndarray, listed: Sequence[int], slots: Sequence[int]) -> np.ndarray:
+  """`slots[k]` where `keys` equal `listed[k]` (the last listed, for a repeated key), -1
+  elsewhere.
+
+  A binary search over the few listed keys: `keys` holds one entry per run, not per pixel. (A
   lookup table over all 2^24 ids took ~80 ms per process to fault in its pages.)
   """
-  listed = np.asarray(segment_ids, np.int64)
+  listed = np.asarray(listed, np.int64)
   if not listed.size:
-    return np.where(ids == 0, 0, -1)
+    return np.full(len(keys), -1, np.int64)
   order = np.argsort(listed, kind="stable")
   listed = listed[order]
-  position = np.searchsorted(listed, ids, side="right") - 1
+  position = np.searchsorted(listed, keys, side="right") - 1
   found = position >= 0
-  found[found] = listed[position[found]] == ids[found]
-  mapped = np.where(found, np.asarray(slots, np.int64)[order][position], -1)
-  mapped[~found & (ids == 0)] = 0
-  return mapped
+  found[found] = listed[position[found]] == keys[found]
+  return np.where(found, np.asarray(slots, np.int64)[order][position], -1)
 
 
-def _runs(gt_key, gt_rows, pred_key, pred_rows, height):
-  """Run-length form of a ground-truth/prediction pair of key-row images: `(gt_ids, pred_ids,
-  weight)` `[N]`, one entry per horizontal run of equal (ground truth, prediction) pixels in
-  the union of both images' key rows, weighing its length times the rows that repeat it.
-  Segment outlines change few pixels per row, so N is far below the pixel count."""
-  rows = np.union1d(gt_key, pred_key)
-  gt = gt_rows if len(rows) == len(gt_key) else gt_rows[
-      np.searchsorted(gt_key, rows, side="right") - 1]
-  pred = pred_rows if len(rows) == len(pred_key) else pred_rows[
-      np.searchsorted(pred_key, rows, side="right") - 1]
+def _runs(image_pairs):
+  """Run-length form of ground-truth/prediction pairs of key-row images of one width:
+  `(pair, gt_ids, pred_ids, weight)` `[N]`, one entry per horizontal run of equal (ground
+  truth, prediction) pixels in the union of each pair's key rows, weighing its length times the
+  rows that repeat it. Segment outlines change few pixels per row, so N is far below the pixel
+  count. All pairs are handled at once: their rows are stacked, each pair's offset past the
+  previous pairs' heights.
+  """
+  heights = np.array([gt[2] for gt, _ in image_pairs])
+  ends = np.cumsum(heights)
+  offsets = ends - heights
+  gt_keys = np.concatenate([gt[0] + offset for (gt, _), offset in zip(image_pairs, offsets)])
+  pred_keys = np.concatenate([pred[0] + offset for (_, pred), offset in zip(image_pairs, offsets)])
+  rows = np.union1d(gt_keys, pred_keys)
+  # Row 0 of every image is a key row, so a search never lands in the previous image.
+  gt = np.concatenate([gt[1] for gt, _ in image_pairs])
+  if len(rows) != len(gt_keys):
+    gt = gt[np.searchsorted(gt_keys, rows, side="right") - 1]
+  pred = np.concatenate([pred[1] for _, pred in image_pairs])
+  if len(rows) != len(pred_keys):
+    pred = pred[np.searchsorted(pred_keys, rows, side="right") - 1]
+  pair_of_row = np.searchsorted(offsets, rows, side="right") - 1
+  # A pair's last key row repeats up to the next pair's row 0, which is its first key row.
+  repeats = np.diff(rows, append=ends[-1])
   width = gt.shape[1]
   starts = np.empty(gt.shape, bool)
   starts[:, 0] = True
   np.not_equal(gt[:, 1:], gt[:, :-1], out=starts[:, 1:])
   starts[:, 1:] |= pred[:, 1:] != pred[:, :-1]
   starts = np.flatnonzero(starts)
-  lengths = np.diff(starts, append=gt.size)
-  weight = lengths * np.diff(rows, append=height)[starts // width]
-  return gt.ravel()[starts], pred.ravel()[starts], weight
+  row = starts // width
+  weight = np.diff(starts, append=gt.size) * repeats[row]
+  return pair_of_row[row], gt.ravel()[starts], pred.ravel()[starts], weight
 
 
 def batch_stats(annotation_pairs: Sequence[tuple[dict, dict]], images: Sequence,
@@ -92,44 +111,47 @@ def batch_stats(annotation_pairs: Sequence[tuple[dict, dict]], images: Sequence,
     raise ValueError(f"crowd_convention must be one of {pq_core.CROWD_CONVENTIONS}, "
                      f"got {crowd_convention!r}")
   num_categories = len(category_index)
-  kept, dropped, pred_lists = [], [], []
-  for gt_annotation, pred_annotation in annotation_pairs:
-    segments = gt_annotation["segments_info"]
-    dropped_ids = []
-    if crowd_convention == "deeplab2":  # crowd segments read as VOID
-      dropped_ids = [s["id"] for s in segments if s.get("iscrowd", 0)]
-      segments = [s for s in segments if not s.get("iscrowd", 0)]
-    kept.append(segments)
-    dropped.append(dropped_ids)
-    pred_lists.append(pred_annotation["segments_info"])
-  gt_offsets = np.cumsum([0] + [len(k) for k in kept])
-  pred_offsets = np.cumsum([0] + [len(p) for p in pred_lists])
-  num_gt, num_pred = int(gt_offsets[-1]), int(pred_offsets[-1])
-  unlisted = num_gt + 1
-
-  gt_index, pred_index, weights = [], [], []
+  kept, pred_lists, by_width = [], [], {}
+  gt_listed, gt_slots, pred_listed, num_gt = [], [], [], 0
   for i, ((gt_annotation, pred_annotation), gt_image, pred_image) in enumerate(
       zip(annotation_pairs, images[0::2], images[1::2])):
-    (gt_key, gt_rows, height), (pred_key, pred_rows, pred_height) = gt_image, pred_image
+    (_, gt_rows, height), (_, pred_rows, pred_height) = gt_image, pred_image
     if (height, gt_rows.shape[1]) != (pred_height, pred_rows.shape[1]):
       raise ValueError(f"Image {gt_annotation['image_id']}: ground truth is {height}x"
                        f"{gt_rows.shape[1]}, prediction {pred_height}x{pred_rows.shape[1]} "
                        f"({pred_annotation['file_name']})")
-    gt_ids, pred_ids, weight = _runs(gt_key, gt_rows, pred_key, pred_rows, height)
-    weights.append(weight)
-    gt_slots = np.concatenate([gt_offsets[i] + np.arange(1, len(kept[i]) + 1),
-                               np.zeros(len(dropped[i]), np.int64)])
-    slots = _map_ids(gt_ids, [s["id"] for s in kept[i]] + dropped[i], gt_slots)
-    slots[slots < 0] = unlisted
-    gt_index.append(slots)
-    slots = _map_ids(pred_ids, [s["id"] for s in pred_lists[i]],
-                     pred_offsets[i] + np.arange(1, len(pred_lists[i]) + 1))
-    if (slots < 0).any():
-      unknown = np.unique(pred_ids[slots < 0])
-      raise KeyError(f"In the image with ID {gt_annotation['image_id']} segments with IDs "
-                     f"{unknown.tolist()} are presented in PNG and not presented in JSON.")
-    pred_index.append(slots)
-  gt_index, pred_index, weights = (np.concatenate(a) for a in (gt_index, pred_index, weights))
+    by_width.setdefault(gt_rows.shape[1], []).append(i)
+    segments = gt_annotation["segments_info"]
+    if crowd_convention == "deeplab2":  # crowd segments read as VOID
+      dropped = [s["id"] for s in segments if s.get("iscrowd", 0)]
+      segments = [s for s in segments if not s.get("iscrowd", 0)]
+    else:
+      dropped = []
+    gt_listed += [(i, s["id"]) for s in segments] + [(i, d) for d in dropped]
+    gt_slots += list(range(num_gt + 1, num_gt + 1 + len(segments))) + [0] * len(dropped)
+    num_gt += len(segments)
+    kept.append(segments)
+    pred_lists.append(pred_annotation["segments_info"])
+    pred_listed += [(i, s["id"]) for s in pred_annotation["segments_info"]]
+  num_pred = len(pred_listed)
+  pred_offsets = np.cumsum([0] + [len(p) for p in pred_lists])
+
+  runs = [_runs([(images[2 * i], images[2 * i + 1]) for i in members])
+          for members in by_width.values()]
+  pair = np.concatenate([np.asarray(members)[r[0]] for members, r in zip(by_width.values(), runs)])
+  gt_ids, pred_ids, weights = (np.concatenate([r[k] for r in runs]) for k in (1, 2, 3))
+  gt_index = _map_ids(_keys(pair, gt_ids), _keys(*np.array(gt_listed, np.int64).reshape(-1, 2).T),
+                      gt_slots)
+  gt_index[gt_index < 0] = np.where(gt_ids[gt_index < 0] == 0, 0, num_gt + 1)
+  pred_index = _map_ids(_keys(pair, pred_ids),
+                        _keys(*np.array(pred_listed, np.int64).reshape(-1, 2).T),
+                        np.arange(1, num_pred + 1))
+  pred_index[(pred_index < 0) & (pred_ids == 0)] = 0
+  if (pred_index < 0).any():
+    i = int(pair[pred_index < 0].min())
+    unknown = np.unique(pred_ids[(pred_index < 0) & (pair == i)])
+    raise KeyError(f"In the image with ID {annotation_pairs[i][0]['image_id']} segments with "
+                   f"IDs {unknown.tolist()} are presented in PNG and not presented in JSON.")
 
   pred_area = np.bincount(pred_index, weights=weights, minlength=num_pred + 1)[1:]
   absent = np.flatnonzero(pred_area == 0)
@@ -156,23 +178,49 @@ def batch_stats(annotation_pairs: Sequence[tuple[dict, dict]], images: Sequence,
       gt_image=np.repeat(np.arange(len(kept)), [len(k) for k in kept]))
 
 
-def _chunk_stats(args):
-  pairs, gt_folder, pred_folder, category_index, crowd_convention = args
-  totals = np.zeros((4, len(category_index) + 1))
+def _batch_totals(start: int, job: tuple) -> np.ndarray:
+  """`batch_stats` of the `_BATCH` pairs from `start`, as float64 `[4, K + 1]`.
+
+  `job`: (pairs, gt_folder, pred_folder, category_index, crowd_convention).
+  """
+  pairs, gt_folder, pred_folder, category_index, crowd_convention = job
+  batch = pairs[start:start + _BATCH]
+  paths = [os.path.join(folder, annotation["file_name"]) for pair in batch
+           for folder, annotation in zip((gt_folder, pred_folder), pair)]
+  images = panoptic_png.decode_batch([_read(p) for p in paths], paths)
+  return np.stack(batch_stats(batch, images, category_index, crowd_convention))
+
+
+# A forked worker's (job, next batch counter), from `_start_worker`'s arguments, which fork
+# copies without pickling.
+_worker_state = None
+
+
+def _start_worker(job, counter):
+  global _worker_state
+  _worker_state = job, counter
+
+
+def _take_batches(job=None, counter=None) -> dict[int, np.ndarray]:
+  """Evaluates batches, each taken from the shared `counter` by whichever process is free,
+  until none is left; returns {first pair index: `_batch_totals`}."""
+  if job is None:
+    job, counter = _worker_state
+  totals = {}
   # OpenCV's own threads cost more than they save on these small calls (one process: 0.68-0.77 s
-  # instead of 0.90-1.08 s for 500 image pairs), and workers already use every core.
+  # instead of 0.90-1.08 s for 500 image pairs), and the processes already use every core.
   opencv_threads = cv2.getNumThreads()
   cv2.setNumThreads(1)
   try:
-    for start in range(0, len(pairs), _BATCH):
-      batch = pairs[start:start + _BATCH]
-      paths = [os.path.join(folder, annotation["file_name"]) for pair in batch
-               for folder, annotation in zip((gt_folder, pred_folder), pair)]
-      images = panoptic_png.decode_batch([_read(p) for p in paths], paths)
-      totals += np.stack(batch_stats(batch, images, category_index, crowd_convention))
+    while True:
+      with counter.get_lock():
+        start = counter.value
+        counter.value += _BATCH
+      if start >= len(job[0]):
+        return totals
+      totals[start] = _batch_totals(start, job)
   finally:
     cv2.setNumThreads(opencv_threads)
-  return totals
 
 
 def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = None,
@@ -201,16 +249,24 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
       raise KeyError(f"no prediction for the image with id: {gt_annotation['image_id']}")
     pairs.append((gt_annotation, predictions[gt_annotation["image_id"]]))
 
-  workers = max(1, min(int(workers), len(pairs)))
-  chunks = [(pairs[i::workers], gt_folder, pred_folder, category_index, crowd_convention)
-            for i in range(workers)]
+  job = (pairs, gt_folder, pred_folder, category_index, crowd_convention)
+  starts = range(0, len(pairs), _BATCH)
+  workers = max(1, min(int(workers), len(starts)))
+  # fork: workers need nothing but numpy, OpenCV and libdeflate, and spawned children re-run
+  # the parent's __main__ (under pytest they never come up). This process is one of the
+  # workers, which spares a fork.
+  context = multiprocessing.get_context("fork")
+  counter = context.Value("q", 0)
   if workers == 1:
-    totals = _chunk_stats(chunks[0])
+    batches = _take_batches(job, counter)
   else:
-    # fork: workers need nothing but numpy, OpenCV and libdeflate, and spawned children re-run
-    # the parent's __main__ (under pytest they never come up).
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-      totals = sum(pool.map(_chunk_stats, chunks))
+    with context.Pool(workers - 1, _start_worker, (job, counter)) as pool:
+      others = [pool.apply_async(_take_batches) for _ in range(workers - 1)]
+      batches = _take_batches(job, counter)
+      for other in others:
+        batches.update(other.get())
+  # Summed in batch order, so the numbers do not depend on the worker count.
+  totals = sum((batches[start] for start in starts), np.zeros((4, len(categories) + 1)))
   stats = totals[:, :len(categories)]
 
   is_thing = np.array([c.get("isthing", 0) == 1 for c in categories])

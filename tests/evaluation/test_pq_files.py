@@ -65,15 +65,49 @@ def test_matches_panopticapi_on_outlines_that_change_every_row(tmp_path):
   assert 0.05 < ours["All"]["pq"] < 0.95
 
 
+def test_matches_panopticapi_on_images_of_several_sizes(tmp_path):
+  # One batch holds images of two widths and, within a width, of two heights.
+  merged = {"gt": {"annotations": []}, "pred": {"annotations": []}}
+  for part, (height, width) in enumerate(((40, 56), (24, 56), (32, 48))):
+    root = tmp_path / f"part{part}"
+    synthetic.write_synthetic_set(str(root), num_images=3, height=height, width=width,
+                                  seed=7 + part)
+    for name in ("gt", "pred"):
+      os.makedirs(tmp_path / name, exist_ok=True)
+      with open(root / f"{name}.json") as f:
+        listing = json.load(f)
+      merged[name]["categories"] = listing["categories"]
+      for annotation in listing["annotations"]:
+        file_name = f"{part}_{annotation['file_name']}"
+        os.rename(root / name / annotation["file_name"], tmp_path / name / file_name)
+        annotation.update(file_name=file_name, image_id=f"{part}_{annotation['image_id']}")
+        merged[name]["annotations"].append(annotation)
+  files = []
+  for name in ("gt", "pred"):
+    # Interleaved, so that neighbouring images differ in size.
+    merged[name]["annotations"] = merged[name]["annotations"][0::3] + merged[name][
+        "annotations"][1::3] + merged[name]["annotations"][2::3]
+    with open(tmp_path / f"{name}.json", "w") as f:
+      json.dump(merged[name], f)
+    files += [str(tmp_path / f"{name}.json"), str(tmp_path / name)]
+  ours = pq_files.pq_compute(files[0], files[2], files[1], files[3])
+  assert_same_results(ours, panopticapi_pq(*files))
+  assert ours["num_images"] == 9 and 0.05 < ours["All"]["pq"] < 0.95
+
+
 def test_map_ids_to_slots():
-  ids = np.array([7, 0, 5, 9, 7, 3, 0], np.uint32)
+  keys = np.array([7, 0, 5, 9, 7, 3, 0], np.int64)
   # 7 listed twice: the last listing wins (what panopticapi's id -> segment dict keeps).
-  np.testing.assert_array_equal(pq_files._map_ids(ids, [7, 5, 7, 3], np.array([10, 11, 12, 13])),
-                                [12, 0, 11, -1, 12, 13, 0])
-  np.testing.assert_array_equal(pq_files._map_ids(ids, [0, 9], np.array([4, 8])),
+  np.testing.assert_array_equal(pq_files._map_ids(keys, [7, 5, 7, 3], [10, 11, 12, 13]),
+                                [12, -1, 11, -1, 12, 13, -1])
+  np.testing.assert_array_equal(pq_files._map_ids(keys, [0, 9], [4, 8]),
                                 [-1, 4, -1, 8, -1, -1, 4])
-  np.testing.assert_array_equal(pq_files._map_ids(ids, [], np.array([], np.int64)),
-                                [-1, 0, -1, -1, -1, -1, 0])
+  np.testing.assert_array_equal(pq_files._map_ids(keys, [], []), [-1] * 7)
+
+
+def test_keys_separate_images_and_drop_ids_no_png_holds():
+  keys = pq_files._keys(np.array([0, 1, 1, 2, 0]), np.array([5, 5, 0, (1 << 24) - 1, 1 << 24]))
+  np.testing.assert_array_equal(keys, [5, (1 << 24) + 5, 1 << 24, (3 << 24) - 1, -1])
 
 
 def test_workers_give_identical_numbers(dataset):
