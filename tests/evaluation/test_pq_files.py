@@ -3,7 +3,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import multiprocessing
 import os
 import pathlib
 
@@ -118,22 +117,6 @@ def test_workers_give_identical_numbers(tmp_path):
   one = pq_files.pq_compute(gt_json, pred_json, gt_folder, pred_folder, workers=1)
   two = pq_files.pq_compute(gt_json, pred_json, gt_folder, pred_folder, workers=2)
   assert one == two and one["num_images"] == 40
-
-
-def test_worker_sends_its_error_to_the_parent(dataset):
-  gt_json, gt_folder, pred_json, pred_folder = dataset
-  with open(gt_json) as f:
-    gt = json.load(f)
-  with open(pred_json) as f:
-    pred = json.load(f)
-  pred["annotations"][0]["segments_info"].pop()
-  pairs = list(zip(gt["annotations"], pred["annotations"]))
-  category_index = {c["id"]: i for i, c in enumerate(gt["categories"])}
-  job = (pairs, gt_folder, pred_folder, category_index, "official")
-  receiver, sender = multiprocessing.Pipe(duplex=False)
-  pq_files._worker(job, multiprocessing.Value("q", 0), sender)
-  error = receiver.recv()
-  assert isinstance(error, KeyError) and "not presented in JSON" in str(error)
 
 
 def test_deeplab2_convention_equals_panopticapi_with_crowd_as_void(dataset, tmp_path):
