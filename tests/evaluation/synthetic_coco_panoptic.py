@@ -86,7 +86,7 @@ def write_synthetic_set(root, num_images, height, width, seed=0, num_categories=
       unique = np.unique(key)
       unique = unique[unique != 0]
       # Random, distinct, non-zero RGB ids.
-      rgb_ids = rng.choice(np.arange(1, 1 << 24), size=len(unique), replace=False)
+      rgb_ids = 1 + rng.choice((1 << 24) - 1, size=len(unique), replace=False)
       id_map = np.zeros_like(key)
       segments = []
       for k, rgb_id in zip(unique, rgb_ids):
