@@ -5,8 +5,8 @@ ground-truth areas from the JSON, predicted areas from the PNG, the same sanity 
 `pq_core.match_segments`. It is faster because PNGs are decoded by `panoptic_png` (batched,
 only rows that differ from the row above), pixels are counted as horizontal runs of equal
 (ground truth, prediction) pairs, it never sorts pixels (run ids are mapped to compact segment
-indices by a binary search over the ids the JSON lists; the intersections of a batch of images
-are one weighted `np.bincount`), and `--workers` spreads images over processes.
+indices by one binary search per batch of images; a batch's intersections are one weighted
+`np.bincount`), and `--workers` forked processes take batches as they come free.
 
 `crowd_convention="deeplab2"` instead turns ground-truth crowd segments into VOID (deeplab2's
 converters), which forgives predictions of any category over crowd and drops crowd from unions.
