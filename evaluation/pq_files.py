@@ -46,6 +46,12 @@ def _keys(pair: np.ndarray, ids: np.ndarray) -> np.ndarray:
   return np.where((ids >= 0) & (ids < 1 << 24), pair << 24 | ids, -1)
 
 
+def _listed_keys(listed: Sequence[tuple[int, int]]) -> np.ndarray:
+  """`_keys` of the (pair, segment id) tuples of JSON segment lists."""
+  pair_and_id = np.array(listed, np.int64).reshape(-1, 2)
+  return _keys(pair_and_id[:, 0], pair_and_id[:, 1])
+
+
 def _map_ids(keys: np.ndarray, listed: Sequence[int], slots: Sequence[int]) -> np.ndarray:
   """`slots[k]` where `keys` equal `listed[k]` (the last listed, for a repeated key), -1
   elsewhere.
@@ -142,11 +148,9 @@ def batch_stats(annotation_pairs: Sequence[tuple[dict, dict]], images: Sequence,
           for members in by_width.values()]
   pair = np.concatenate([np.asarray(members)[r[0]] for members, r in zip(by_width.values(), runs)])
   gt_ids, pred_ids, weights = (np.concatenate([r[k] for r in runs]) for k in (1, 2, 3))
-  gt_index = _map_ids(_keys(pair, gt_ids), _keys(*np.array(gt_listed, np.int64).reshape(-1, 2).T),
-                      gt_slots)
+  gt_index = _map_ids(_keys(pair, gt_ids), _listed_keys(gt_listed), gt_slots)
   gt_index[gt_index < 0] = np.where(gt_ids[gt_index < 0] == 0, 0, num_gt + 1)
-  pred_index = _map_ids(_keys(pair, pred_ids),
-                        _keys(*np.array(pred_listed, np.int64).reshape(-1, 2).T),
+  pred_index = _map_ids(_keys(pair, pred_ids), _listed_keys(pred_listed),
                         np.arange(1, num_pred + 1))
   pred_index[(pred_index < 0) & (pred_ids == 0)] = 0
   if (pred_index < 0).any():
