@@ -289,7 +289,8 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
         result = receiver.recv()
       except EOFError:
         worker.join()
-        raise RuntimeError(f"An eval pq worker process died (exit code {worker.exitcode})")
+        raise RuntimeError(
+            f"An eval pq worker process died (exit code {worker.exitcode})") from None
       if isinstance(result, Exception):
         raise result
       batches.update(result)

@@ -119,6 +119,13 @@ def test_workers_give_identical_numbers(tmp_path):
   assert one == two and one["num_images"] == 40
 
 
+def test_a_dying_worker_is_an_error(dataset, monkeypatch):
+  # Forked workers inherit the patch: each exits at once, sending nothing.
+  monkeypatch.setattr(pq_files, "_take_batches", lambda job, counter: os._exit(3))
+  with pytest.raises(RuntimeError, match="worker process died \\(exit code 3\\)"):
+    pq_files.pq_compute(dataset[0], dataset[2], dataset[1], dataset[3])
+
+
 def test_deeplab2_convention_equals_panopticapi_with_crowd_as_void(dataset, tmp_path):
   gt_json, gt_folder, pred_json, pred_folder = dataset
   with open(gt_json) as f:
