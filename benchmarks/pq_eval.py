@@ -61,8 +61,8 @@ def main():
                       help="Segment shapes. Rectangles leave most rows equal to the row above, "
                       "which the PNG reader exploits; ellipses, like real outlines, do not.")
   parser.add_argument("--data_dir", help="Keep the generated set here and reuse it if present "
-                      "(a reused set keeps the shapes it was "
-                      "generated with); default: a temporary folder.")
+                      "(a reused set keeps the shapes it was generated with); default: a "
+                      "temporary folder.")
   args = parser.parse_args()
   workers = multiprocessing.cpu_count()  # what panopticapi uses
   with tempfile.TemporaryDirectory() as scratch:

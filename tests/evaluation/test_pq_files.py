@@ -111,7 +111,7 @@ def test_keys_separate_images_and_drop_ids_no_png_holds():
 
 
 def test_workers_give_identical_numbers(tmp_path):
-  # 40 images make three batches (pq_files._BATCH = 16), so a second process takes some.
+  # 40 images make three batches (pq_files._BATCH = 16), which two processes can share.
   files = synthetic.write_synthetic_set(str(tmp_path), num_images=40, height=24, width=32, seed=4)
   gt_json, gt_folder, pred_json, pred_folder = files
   one = pq_files.pq_compute(gt_json, pred_json, gt_folder, pred_folder, workers=1)
