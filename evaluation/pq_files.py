@@ -81,16 +81,14 @@ def _runs(image_pairs):
   heights = np.array([gt[2] for gt, _ in image_pairs])
   ends = np.cumsum(heights)
   offsets = ends - heights
-  gt_keys = np.concatenate([gt[0] + offset for (gt, _), offset in zip(image_pairs, offsets)])
-  pred_keys = np.concatenate([pred[0] + offset for (_, pred), offset in zip(image_pairs, offsets)])
-  rows = np.union1d(gt_keys, pred_keys)
-  # Row 0 of every image is a key row, so a search never lands in the previous image.
-  gt = np.concatenate([gt[1] for gt, _ in image_pairs])
-  if len(rows) != len(gt_keys):
-    gt = gt[np.searchsorted(gt_keys, rows, side="right") - 1]
-  pred = np.concatenate([pred[1] for _, pred in image_pairs])
-  if len(rows) != len(pred_keys):
-    pred = pred[np.searchsorted(pred_keys, rows, side="right") - 1]
+  # (key rows, their ids) of all ground truths, then of all predictions, stacked.
+  stacked = [(np.concatenate([image[0] + offset for image, offset in zip(side, offsets)]),
+              np.concatenate([image[1] for image in side])) for side in zip(*image_pairs)]
+  rows = np.union1d(stacked[0][0], stacked[1][0])
+  # Each side's ids at every row of the union. Row 0 of every image is a key row, so a search
+  # never lands in the previous image.
+  gt, pred = (ids if len(keys) == len(rows) else ids[np.searchsorted(keys, rows, "right") - 1]
+              for keys, ids in stacked)
   pair_of_row = np.searchsorted(offsets, rows, side="right") - 1
   # A pair's last key row repeats up to the next pair's row 0, which is its first key row.
   repeats = np.diff(rows, append=ends[-1])

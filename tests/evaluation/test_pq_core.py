@@ -42,19 +42,16 @@ def test_several_images_at_once_equal_the_sum_of_single_images():
     pred_index.append(p)
     gt_offset += count
     pred_offset += len(image["pred_category"])
+  batch = dict(gt_index=np.concatenate(gt_index), pred_index=np.concatenate(pred_index),
+               num_categories=NUM_CATEGORIES,
+               **{key: np.concatenate([image[key] for image in images])
+                  for key in ("gt_category", "gt_area", "gt_crowd", "pred_category")})
   together = pq_core.match_segments(
-      np.concatenate(gt_index), np.concatenate(pred_index),
-      *(np.concatenate([image[key] for image in images])
-        for key in ("gt_category", "gt_area", "gt_crowd", "pred_category")),
-      num_categories=NUM_CATEGORIES,
+      **batch,
       gt_image=np.repeat(np.arange(len(images)), [len(i["gt_category"]) for i in images]))
   np.testing.assert_allclose(np.stack(together), separate, rtol=1e-12)
   # The case must exercise matches, misses and false positives.
   assert separate[1].sum() > 0 and separate[2].sum() > 0 and separate[3].sum() > 0
   # Without gt_image the crowd segment that forgives is chosen across images: a different result.
-  mixed = pq_core.match_segments(
-      np.concatenate(gt_index), np.concatenate(pred_index),
-      *(np.concatenate([image[key] for image in images])
-        for key in ("gt_category", "gt_area", "gt_crowd", "pred_category")),
-      num_categories=NUM_CATEGORIES)
+  mixed = pq_core.match_segments(**batch)
   assert not np.array_equal(np.stack(mixed)[3], separate[3])
