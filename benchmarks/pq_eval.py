@@ -4,8 +4,8 @@ Generates COCO panoptic GT and predictions (default 500 images of 640x480, recta
 with `--shapes ellipses`, whose outlines change on almost every row as real ones do), runs
 panopticapi (panopticapi-lite) as it runs itself (a pool of cpu_count processes) and pq_files
 with the same number of workers, in this process, and prints one JSON line: timings, the speed
-ratio, the largest PQ/SQ/RQ difference over All/Things/Stuff, per-category results, a CPU-time
-breakdown of ours on one process, and the machine load.
+ratio, the largest PQ/SQ/RQ difference over All/Things/Stuff and over categories, our CPU time
+per image with one worker, and the machine load.
 
   python benchmarks/pq_eval.py [--num_images 500] [--height 480] [--width 640] [--repeats 1]
       [--shapes rectangles|ellipses] [--data_dir DIR]
