@@ -24,6 +24,23 @@ class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or Inf; the last saved checkpoint is left untouched."""
 
 
+def check_jit_compile(strategy: tf.distribute.Strategy) -> None:
+  """Raises ValueError if the train step cannot be XLA-compiled under `strategy`.
+
+  The step is compiled per replica: a `tf.function(jit_compile=True)` nested in `strategy.run`.
+  With more than one replica, synchronized batch norm and the gradient all-reduce are
+  cross-replica `merge_call`s, which TensorFlow refuses inside a nested function (the run would
+  otherwise fail only once the step is traced, with a traceback from batch norm).
+  """
+  replicas = strategy.num_replicas_in_sync
+  if replicas > 1:
+    raise ValueError(
+        f"--jit_compile: the XLA-compiled train step runs on one device only; this "
+        f"{type(strategy).__name__} has {replicas} replicas, whose synchronized batch norm and "
+        "gradient all-reduce cannot run inside it. Drop --jit_compile (TPUs compile every step "
+        "with XLA anyway).")
+
+
 class KMaXTrainer(orbit.StandardTrainer):
   """Trains `model` on `loss(inputs, outputs)` with deeplab2's step semantics.
 
@@ -46,11 +63,13 @@ class KMaXTrainer(orbit.StandardTrainer):
         `InputContext` returning one, for per-replica input pipelines).
       global_step: incremented once per step; checkpoints and summaries key on it.
       total_steps: `training_number_of_steps`, for the ETA.
-      jit_compile: compile the per-replica step with XLA.
+      jit_compile: compile the step with XLA (one device only, see `check_jit_compile`).
       panoptic_overlay: `overlay(images [1, H, W, 3]) -> uint8 [1, H, W, 3]`; when given, every
         loop that writes summaries also writes the first image of the last batch
         (`images/input`) and the prediction drawn over it (`images/panoptic_prediction`).
     """
+    if jit_compile:
+      check_jit_compile(strategy)
     self._strategy = strategy
     self._model = model
     self._loss = loss

@@ -26,7 +26,7 @@ flags.DEFINE_integer("num_gpus", 0, "0: CPU; 1: one GPU; >1: MirroredStrategy.")
 flags.DEFINE_multi_string("override", [], "NAME=VALUE for a ${NAME} config placeholder.")
 flags.DEFINE_integer("seed", None, "Random seed of initialization, data order and augmentation.")
 flags.DEFINE_bool("deterministic", False, "Deterministic ops and input pipeline (slower).")
-flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA (one device only).")
 flags.DEFINE_enum("mixed_precision", None, ["mixed_bfloat16", "mixed_float16"],
                   "Keras mixed-precision policy (losses and logits stay float32).")
 flags.DEFINE_integer("max_steps", None, "Stop after this many steps (default: the config's "

@@ -1,6 +1,6 @@
 """Distribution strategies on CPU: strategy selection, 2-replica MirroredStrategy equal to one
-device (the trainer's step on a toy model, and the micro config end to end), and a 2-worker
-MultiWorkerMirroredStrategy on localhost.
+device (the trainer's step on a toy model, and the micro config end to end), the toy step
+compiled by XLA, and a 2-worker MultiWorkerMirroredStrategy on localhost.
 
 The training runs are subprocesses (logical devices and TF_CONFIG must be set before TensorFlow
 initialises); the slow ones are started together and each trains the micro config for two steps.
@@ -166,7 +166,8 @@ def test_two_workers_train_and_the_chief_checkpoints(runs):
 # A toy model trained by KMaXTrainer for 3 steps on one device and on 2 replicas (two logical
 # CPUs, so its own process), in float64 so that reduction order cannot matter. It checks the
 # trainer's step semantics under MirroredStrategy: loss scaled by 1/replicas, gradients summed,
-# both optimizers (main + backbone) applied once per step, synchronized BN statistics.
+# both optimizers (main + backbone) applied once per step, synchronized BN statistics. A third
+# run compiles the step with XLA on one device; under two replicas that must be refused.
 _TOY = """
 import sys
 import numpy as np
@@ -185,7 +186,7 @@ def loss(inputs, outputs):
   squared = tf.square(outputs - inputs["target"])
   return {"total_loss": tf.reduce_sum(squared, axis=-1) + tf.reduce_max(squared, axis=-1)}
 
-def train(strategy, kind):
+def train(strategy, kind, jit_compile=False):
   keras.utils.set_random_seed(1)
   with strategy.scope():
     inputs = keras.Input((5, 5, 3))
@@ -202,7 +203,7 @@ def train(strategy, kind):
   trainer = runner.KMaXTrainer(
       strategy=strategy, model=model, loss=loss, loss_names=("total_loss",),
       optimizers=optimizers, train_dataset=tf.data.Dataset.from_tensors(batch).repeat(),
-      global_step=global_step, total_steps=3)
+      global_step=global_step, total_steps=3, jit_compile=jit_compile)
   logs = trainer.train(tf.constant(3))
   result = {v.path: v.numpy() for v in model.weights}
   result["train_total_loss"] = logs["losses/train_total_loss"].numpy()
@@ -214,6 +215,13 @@ for kind in ("adamw", "sgd"):
                          ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
     results.update({f"{kind}/{name}/{key}": value
                     for key, value in train(strategy, kind).items()})
+  results.update({f"{kind}/xla/{key}": value for key, value in
+                  train(tf.distribute.OneDeviceStrategy("/cpu:0"), kind, True).items()})
+try:
+  train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), "sgd", True)
+  results["mirrored_xla_error"] = np.array("")
+except ValueError as error:
+  results["mirrored_xla_error"] = np.array(str(error))
 np.savez(sys.argv[1], **results)
 """
 
@@ -228,19 +236,33 @@ def _run_script(script, output, timeout):
   return dict(np.load(output))
 
 
-def test_trainer_step_under_two_replicas_matches_one_device(tmp_path):
-  arrays = _run_script(_TOY, tmp_path / "weights.npz", timeout=600)
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory):
+  """{"<optimizer>/<single|mirrored|xla>/<weight path>": array, "mirrored_xla_error": str}."""
+  return _run_script(_TOY, tmp_path_factory.mktemp("toy") / "weights.npz", timeout=600)
+
+
+def _toy_weights(arrays, kind, run):
+  prefix = f"{kind}/{run}/"
+  return {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
+
+
+@pytest.mark.parametrize("other_run", ["mirrored", "xla"])
+def test_trainer_step_matches_one_device(toy_runs, other_run):
+  """Two replicas, or one device with the step compiled by XLA, train as one device does."""
   for kind in ("adamw", "sgd"):
-    single = {key.split("/", 2)[2]: arrays[key] for key in arrays
-              if key.startswith(f"{kind}/single/")}
-    mirrored = {key.split("/", 2)[2]: arrays[key] for key in arrays
-                if key.startswith(f"{kind}/mirrored/")}
-    assert mirrored.keys() == single.keys()
+    single, other = _toy_weights(toy_runs, kind, "single"), _toy_weights(toy_runs, kind, other_run)
+    assert other.keys() == single.keys()
     assert {"backbone/kernel", "bn/moving_variance", "head/kernel"} <= single.keys()
     for key, value in single.items():
-      # float64: summation order differences are ~1e-16 relative.
-      np.testing.assert_allclose(mirrored[key], value, rtol=1e-9, atol=1e-12,
-                                 err_msg=f"{kind}: {key}")
+      # float64: summation order and XLA's fusion change only the last bits (~1e-16 relative).
+      np.testing.assert_allclose(other[key], value, rtol=1e-9, atol=1e-12,
+                                 err_msg=f"{kind} {other_run}: {key}")
+
+
+def test_xla_step_under_two_replicas_is_refused_by_name(toy_runs):
+  message = str(toy_runs["mirrored_xla_error"])
+  assert "--jit_compile" in message and "MirroredStrategy has 2 replicas" in message, message
 
 
 # Two replicas of a MirroredStrategy draw drop-path masks, ASPP dropout masks and instance-
