@@ -29,7 +29,8 @@ random image. Prints one JSON line with:
   kernel (`_with_grouped_depthwise_convs`), which isolates the one op that differs;
 - `component_diffs` / `first_differing_component`: each component (encoder, pixel decoder,
   transformer decoder, final head) fed deeplab2's inputs, so differences do not accumulate;
-- forward / train-step times of both (median of --repeats, after a warm-up). The train step is
+- forward / train-step times of both (median of --repeats, after a warm-up); the forward is the
+  network alone (deeplab2 without its post-processor, as kmax-tf's call). The train step is
   forward(training=True) + backward of a proxy loss (mean of squares of the mask, class and
   semantic logits, main and auxiliary) + SGD update: it times the network, not the loss.
 """
@@ -312,7 +313,8 @@ def main(argv=None):
 
   times = {}
   if not args.no_timing:
-    theirs_fn = tf.function(lambda t: dl2(t, training=False, post_processing=True))
+    # Both networks alone: kmax-tf's call returns logits, so deeplab2's post-processor stays out.
+    theirs_fn = tf.function(lambda t: dl2(t, training=False, post_processing=False))
     ours_fn = tf.function(lambda t: model(t, training=False))
     times["deeplab2_forward_s"] = timing.median_seconds(
         lambda: [v.numpy() for v in theirs_fn(x).values()], args.repeats, warmup=1)

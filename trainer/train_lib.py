@@ -60,7 +60,7 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
 
   model_dir = experiment_dir(model_dir, options)
   strategy = distribution.create_strategy(master, num_gpus, run_options.devices)
-  if run_options.jit_compile:
+  if run_options.jit_compile and mode in ("train", "train_and_eval"):
     runner.check_jit_compile(strategy)  # Before minutes of model building and tracing.
   trainer_options = options.trainer_options
   solver = trainer_options.solver_options
