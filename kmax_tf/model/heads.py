@@ -11,6 +11,7 @@ import math
 import keras
 from keras import ops
 
+from kmax_tf.model.layers import composite
 from kmax_tf.model.layers import conv
 from kmax_tf.model.layers import norm
 
@@ -33,7 +34,7 @@ def l2_normalize(x, axis: int = -1, epsilon: float = 1e-12):
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
-class PanopticHead(keras.layers.Layer):
+class PanopticHead(composite.BuiltOnFirstCall, keras.layers.Layer):
   """`[B, H, W, C] -> [B, H, W, output_channels]`: 5x5 separable conv (+BN+act) to
   `head_channels`, then a 1x1 conv with bias (kernel TruncatedNormal(0.01))."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kmax_tf.model.layers import composite
 from kmax_tf.model.layers import conv
 from kmax_tf.model.layers import norm
 
@@ -28,7 +29,7 @@ def kmeans_assignment(mask_logits):
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
-class KMeansCrossAttention(keras.layers.Layer):
+class KMeansCrossAttention(composite.BuiltOnFirstCall, keras.layers.Layer):
   """`call(mask_logits [B,h,w,N], pixel_values [B,h,w,Dv]) -> center update [B, N, channels]`.
 
   update = conv3_bn(BN(A^T . V)) with A the hard assignment of `kmeans_assignment`. The sum and

@@ -12,6 +12,7 @@ from keras import ops
 from kmax_tf import geometry
 from kmax_tf.model import heads
 from kmax_tf.model import transformer_decoder
+from kmax_tf.model.layers import composite
 
 # Largest stride of the backbone; padded inputs are OUTPUT_STRIDE * k + 1 pixels.
 OUTPUT_STRIDE = 32
@@ -30,7 +31,7 @@ def pad_to_output_stride(images):
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
-class KMaXDeepLab(keras.Model):
+class KMaXDeepLab(composite.BuiltOnFirstCall, keras.Model):
   """`call(images [B, H, W, 3] in 0..255, training, semantic_logits=True)` -> dict of float32
   tensors.
 

@@ -9,6 +9,7 @@ from keras import ops
 import tensorflow as tf
 
 from kmax_tf import geometry
+from kmax_tf.model.layers import composite
 from kmax_tf.model.layers import conv
 from kmax_tf.model.layers import norm
 from kmax_tf.ops import replica_random
@@ -44,7 +45,7 @@ class ReplicaDropout(keras.layers.Dropout):
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
-class ASPP(keras.layers.Layer):
+class ASPP(composite.BuiltOnFirstCall, keras.layers.Layer):
   """`[B, h, w, C] -> [B, h, w, channels]` atrous spatial pyramid pooling.
 
   Branches (each conv + BN + act): 1x1; three 3x3 with the given atrous rates; global average
@@ -96,7 +97,7 @@ class ASPP(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
-class SemanticDecoder(keras.layers.Layer):
+class SemanticDecoder(composite.BuiltOnFirstCall, keras.layers.Layer):
   """Endpoint dict -> `[B, h_l, w_l, decoder_channels]` at the last low-level feature's size.
 
   x = ASPP(endpoints[high_level_key]); for each low-level key (coarse to fine):

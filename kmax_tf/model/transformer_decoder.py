@@ -16,6 +16,7 @@ from keras import ops
 from kmax_tf.model import heads
 from kmax_tf.model import kmax_attention
 from kmax_tf.model.layers import activations
+from kmax_tf.model.layers import composite
 from kmax_tf.model.layers import conv
 from kmax_tf.model.layers import drop_path
 from kmax_tf.model.layers import norm
@@ -66,7 +67,7 @@ class CenterSelfAttention(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
-class KMaXDecoderLayer(keras.layers.Layer):
+class KMaXDecoderLayer(composite.BuiltOnFirstCall, keras.layers.Layer):
   """One kMaX layer: `call(pixels [B,h,w,Cp], centers [B,N,D]) -> (centers' [B,N,D], aux dict)`.
 
   1. m = act(BN(W m_in)); p = act(BN(W act(pixels))) (D channels each).
@@ -163,7 +164,7 @@ class KMaXDecoderLayer(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
-class KMaXTransformerDecoder(keras.Model):
+class KMaXTransformerDecoder(composite.BuiltOnFirstCall, keras.Model):
   """Pixel-decoder endpoint dict -> same dict plus:
 
   - `transformer_class_feature`, `transformer_mask_feature` `[B, N, D]`: act(BN(W centers)) with

@@ -14,6 +14,7 @@ import keras
 
 from kmax_tf.model.layers import activations
 from kmax_tf.model.layers import blocks
+from kmax_tf.model.layers import composite
 from kmax_tf.model.layers import conv
 from kmax_tf.model.layers import drop_path
 from kmax_tf.model.layers import norm
@@ -58,7 +59,7 @@ def stage_block_settings(input_stride: int, num_blocks: int, use_axial_beyond_st
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
-class ResNetEncoder(keras.Model):
+class ResNetEncoder(composite.BuiltOnFirstCall, keras.Model):
   """`images [B, H, W, 3]` (normalised) -> dict of `stageK` (not activated) and `resK = act(stageK)`.
 
   Strides: stage1 2, stage2 4, stage3 8, stage4 16, stage5 32; widths 64w, 4*(64, 128, 256, 512)w.

@@ -12,6 +12,7 @@ import keras
 
 from kmax_tf.model.layers import activations
 from kmax_tf.model.layers import axial_attention
+from kmax_tf.model.layers import composite
 from kmax_tf.model.layers import conv
 from kmax_tf.model.layers import drop_path
 from kmax_tf.model.layers import norm
@@ -95,7 +96,7 @@ class ResidualBlock(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
-class BlockGroup(keras.layers.Layer):
+class BlockGroup(composite.BuiltOnFirstCall, keras.layers.Layer):
   """A stack of `ResidualBlock`s: `[B, H, W, Cin] -> [B, H/strides, W/strides, 4 * filters]`.
 
   Args:

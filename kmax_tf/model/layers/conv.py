@@ -14,6 +14,7 @@ import keras
 from keras import ops
 
 from kmax_tf.model.layers import activations
+from kmax_tf.model.layers import composite
 from kmax_tf.model.layers import norm
 
 # From this atrous rate on, a stride-1 conv is a sum of `k*k` shifted 1x1 convs instead of TF's
@@ -125,7 +126,7 @@ class Conv2DSame(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
-class Conv1x1(keras.layers.Layer):
+class Conv1x1(composite.BuiltOnFirstCall, keras.layers.Layer):
   """`[B, L, Cin] -> [B, L, filters]` 1x1 projection (+ BN) (+ activation)."""
 
   def __init__(self, filters: int, use_bias: bool = False, use_bn: bool = True, norm_layer=None,
@@ -166,7 +167,7 @@ class Conv1x1(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
-class SeparableConv2DSame(keras.layers.Layer):
+class SeparableConv2DSame(composite.BuiltOnFirstCall, keras.layers.Layer):
   """`[B, H, W, Cin] -> [B, H, W, filters]`: depthwise kxk + BN + act, pointwise 1x1 + BN + act.
 
   Stride 1 only (every kMaX use); the depthwise kernel has no bias because BN follows.

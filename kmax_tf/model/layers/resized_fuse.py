@@ -14,12 +14,13 @@ from keras import ops
 
 from kmax_tf import geometry
 from kmax_tf.model.layers import activations
+from kmax_tf.model.layers import composite
 from kmax_tf.model.layers import conv
 from kmax_tf.model.layers import norm
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
-class ResizedFuse(keras.layers.Layer):
+class ResizedFuse(composite.BuiltOnFirstCall, keras.layers.Layer):
   """`call([f_1 [B,h_i,w_i,c_i], ...], size=(H, W)) -> [B, H, W, num_channels]` (sum).
 
   Args:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import keras
 
+from kmax_tf.model.layers import composite
 from kmax_tf.model.layers import conv
 from kmax_tf.model.layers import norm
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
-class InceptionStem(keras.layers.Layer):
+class InceptionStem(composite.BuiltOnFirstCall, keras.layers.Layer):
   """`[B, H, W, 3] -> [B, (H-1)/2+1, (W-1)/2+1, 128w]`, not activated.
 
   Three 3x3 convs: 64w stride 2 (+BN+act), 64w (+BN+act), 128w (+BN).
