@@ -10,7 +10,7 @@ class BuiltOnFirstCall:
   that trace for its whole subtree, so each op of the model was traced once per nesting level:
   building the COCO ResNet-50 model took 24.7 s, the micro config 11.7 s. With this `build`
   the layer only marks itself built and each sublayer builds from the shapes it is first called
-  with: 11.9 s and 5.8 s, the same weights in the same order (measured with TF 2.20 / Keras
+  with: 11.0-11.9 s and 5.8 s, the same weights in the same order (measured with TF 2.20 / Keras
   3.15 on 2 cores).
   """
 
