@@ -147,13 +147,16 @@ def batch_stats(annotation_pairs: Sequence[tuple[dict, dict]], images: Sequence,
   pair = np.concatenate([np.asarray(members)[r[0]] for members, r in zip(by_width.values(), runs)])
   gt_ids, pred_ids, weights = (np.concatenate([r[k] for r in runs]) for k in (1, 2, 3))
   gt_index = _map_ids(_keys(pair, gt_ids), _listed_keys(gt_listed), gt_slots)
-  gt_index[gt_index < 0] = np.where(gt_ids[gt_index < 0] == 0, 0, num_gt + 1)
+  gt_unlisted = gt_index < 0
+  gt_index[gt_unlisted] = np.where(gt_ids[gt_unlisted] == 0, 0, num_gt + 1)
   pred_index = _map_ids(_keys(pair, pred_ids), _listed_keys(pred_listed),
                         np.arange(1, num_pred + 1))
-  pred_index[(pred_index < 0) & (pred_ids == 0)] = 0
-  if (pred_index < 0).any():
-    i = int(pair[pred_index < 0].min())
-    unknown = np.unique(pred_ids[(pred_index < 0) & (pair == i)])
+  pred_unlisted = pred_index < 0
+  pred_index[pred_unlisted & (pred_ids == 0)] = 0
+  pred_unknown = pred_unlisted & (pred_ids != 0)
+  if pred_unknown.any():
+    i = int(pair[pred_unknown].min())
+    unknown = np.unique(pred_ids[pred_unknown & (pair == i)])
     raise KeyError(f"In the image with ID {annotation_pairs[i][0]['image_id']} segments with "
                    f"IDs {unknown.tolist()} are presented in PNG and not presented in JSON.")
 
