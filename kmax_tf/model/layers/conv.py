@@ -102,11 +102,15 @@ class Conv2DSame(keras.layers.Layer):
         dy, dx = (row - (size - 1) // 2) * rate, (col - (size - 1) // 2) * rate
         window_h, window_w = _overlap(height, dy), _overlap(width, dx)
         if any(isinstance(n, int) and n == 0 for n in (window_h, window_w)):
-          continue  # statically empty: TF's conv shape check rejects a 0-size input
+          continue  # statically empty: the tap contributes nothing
         window = ops.slice(x, (0, height - window_h if dy > 0 else 0,
                                width - window_w if dx > 0 else 0, 0),
                            (ops.shape(x)[0], window_h, window_w, ops.shape(x)[3]))
-        term = ops.conv(window, kernel[row:row + 1, col:col + 1])
+        # A matmul, not a 1x1 conv: a window can be empty at run time (an exported model sees
+        # any size), and oneDNN's Conv2D returns an empty input unchanged, `[B, 0, w, Cin]`
+        # instead of `[B, 0, w, filters]`, which breaks the sum. MatMul keeps the channel count
+        # for empty inputs under both oneDNN and Eigen, and is as fast as the conv here.
+        term = ops.matmul(window, kernel[row, col])
         # Output pixel (i, j) reads input (i + dy, j + dx): the window lands `-dy` rows down.
         top, left = height - window_h if dy < 0 else 0, width - window_w if dx < 0 else 0
         term = ops.pad(term, [[0, 0], [top, height - window_h - top],
