@@ -28,7 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  # `kmax-tf train` hands its flags to absl, which parses and checks them (deeplab2's flags,
+  # both `--flag=value` and `--flag value`); argparse's REMAINDER would not collect them when an
+  # option comes first, so they arrive as the unknown arguments here.
+  args, unknown = parser.parse_known_args(argv)
+  if args.command == "train":
+    args.flags = unknown
+  elif unknown:
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   return args.handler(args)
 
 

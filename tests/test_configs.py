@@ -9,7 +9,7 @@ from kmax_tf.protos import config_pb2
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _CONFIGS = _REPO / "configs"
-_REFERENCE = _REPO.parent / "shared" / "reference_configs"
+_REFERENCE = _REPO / "tests" / "deeplab2_configs"
 
 
 @pytest.mark.parametrize("reference,shipped", [

@@ -66,6 +66,11 @@ def main(argv):
   return 0
 
 
+def usage() -> str:
+  """This binary's usage and its flags with their help texts and defaults."""
+  return f"{__doc__}\n{FLAGS.module_help(__name__)}"
+
+
 def run(argv=None):
   """Entry point shared by `python -m kmax_tf.trainer.train` and `kmax-tf train`."""
   flags.mark_flags_as_required(["mode", "model_dir", "config_file"])

@@ -10,12 +10,12 @@ from kmax_tf import cli
 
 _REPO = pathlib.Path(__file__).resolve().parents[2]
 _SHIPPED = sorted((_REPO / "configs").rglob("*.textproto"))
-_REFERENCE = sorted((_REPO.parent / "shared" / "reference_configs").glob("*.textproto"))
+_REFERENCE = sorted((_REPO / "tests" / "deeplab2_configs").glob("*.textproto"))
 
 
 def test_every_shipped_and_reference_config_passes(capsys):
   assert len(_SHIPPED) == 18  # 16 deeplab2 kMaX configs + the synthetic tiny and micro ones.
-  assert len(_REFERENCE) == 2, "the reference configs in ../shared are missing"
+  assert len(_REFERENCE) == 2, "tests/deeplab2_configs should hold two deeplab2 files"
   files = [str(p) for p in _SHIPPED + _REFERENCE]
   assert cli.main(["config", "check", *files]) == 0
   lines = capsys.readouterr().out.strip().split("\n")

@@ -33,6 +33,15 @@ def _train_command(data_dir, model_dir, *extra):
           "--override=EXPERIMENT_NAME=micro", "--seed=7", "--deterministic", *extra]
 
 
+def _console_train_command(data_dir, model_dir):
+  """`_train_command` through the installed `kmax-tf train`, flags in the `--flag value` form."""
+  script = os.path.join(os.path.dirname(sys.executable), "kmax-tf")
+  return [script if os.path.exists(script) else "kmax-tf", "train", "--config_file", _MICRO,
+          "--mode", "train", "--model_dir", str(model_dir), "--override",
+          f"DATA_DIR={data_dir}", "--override", "EXPERIMENT_NAME=micro", "--seed", "7",
+          "--deterministic"]
+
+
 def _environment():
   return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
@@ -110,7 +119,9 @@ def test_loss_decreases_and_progress_is_logged(uninterrupted_run):
 def test_sigkill_and_restart_ends_with_the_same_weights(data_dir, uninterrupted_run, tmp_path):
   expected = _model_weights(uninterrupted_run[0] / "micro" / "ckpt-12")
   killed = tmp_path / "killed"
-  process = subprocess.Popen(_train_command(data_dir, killed), env=_environment(),
+  # Killed and restarted through the console script, as the README launches training; the
+  # uninterrupted run went through `python -m kmax_tf.trainer.train`.
+  process = subprocess.Popen(_console_train_command(data_dir, killed), env=_environment(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 900
   while not (killed / "micro" / "ckpt-4.index").exists():
@@ -120,7 +131,7 @@ def test_sigkill_and_restart_ends_with_the_same_weights(data_dir, uninterrupted_
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert not (killed / "micro" / "ckpt-12.index").exists()
-  restarted = subprocess.run(_train_command(data_dir, killed), env=_environment(),
+  restarted = subprocess.run(_console_train_command(data_dir, killed), env=_environment(),
                              capture_output=True, text=True, timeout=900, check=True)
   assert "restored" in restarted.stderr.lower()
   resumed = _model_weights(killed / "micro" / "ckpt-12")
