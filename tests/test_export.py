@@ -4,8 +4,10 @@ loading without kmax_tf, saved_model_cli, input errors.
 One export per module (`kmax-tf export` on a checkpoint of a freshly initialised micro model);
 the reference is the in-memory model whose weights the checkpoint holds.
 """
+import importlib.util
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,18 @@ from kmax_tf.trainer import checkpoints
 
 _CONFIG = configs.config_path("synthetic/kmax_micro.textproto")
 _OVERRIDES = {"DATA_DIR": "/unused", "EXPERIMENT_NAME": "export_test"}
+_SERVING_CHECK = pathlib.Path(__file__).with_name("serving_check.py")
+
+
+def _load_serving_check():
+  """tests/serving_check.py as a module (a script for subprocesses; tests are not a package)."""
+  spec = importlib.util.spec_from_file_location("serving_check", _SERVING_CHECK)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+serving_check = _load_serving_check()
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +53,7 @@ def exported(tmp_path_factory):
   assert cli.main(["export", "--config_file", str(_CONFIG), "--checkpoint", prefix,
                    "--output_dir", output_dir] +
                   [f"--override={k}={v}" for k, v in _OVERRIDES.items()]) == 0
-  return {"options": options, "model": model, "dir": output_dir,
+  return {"options": options, "model": model, "dir": output_dir, "checkpoint": prefix,
           "loaded": tf.saved_model.load(output_dir)}
 
 
@@ -47,25 +61,11 @@ def _images(shape, seed):
   return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
 
 
-def _reference(model, options, image):
-  """Keras model + PostProcessor at the static padded size + crop, as the evaluator does."""
-  outputs = model(tf.constant(image[None], tf.float32), training=False)
-  height, width = image.shape[:2]
-  processor = postprocess.PostProcessor.from_options(
-      options.evaluator_options, builder.dataset_of(options),
-      (geometry.padded_length(height), geometry.padded_length(width)))
-  predictions = processor(outputs["pixel_space_mask_logits"],
-                          outputs["transformer_class_logits"])
-  predictions = postprocess.undo_padding(predictions, (height, width), (height, width))
-  predictions.update({key: outputs[key] for key in export.RAW_OUTPUT_KEYS})
-  return predictions
-
-
 @pytest.mark.parametrize("size", [(65, 65), (50, 77)])
 def test_serving_default_equals_keras_model_and_postprocessor(exported, size):
   image = _images(size + (3,), seed=size[1])
   served = exported["loaded"].signatures["serving_default"](input_tensor=tf.constant(image))
-  expected = _reference(exported["model"], exported["options"], image)
+  expected = serving_check.reference(exported["model"], exported["options"], image)
   assert set(served) == set(predict.PREDICTION_KEYS + export.RAW_OUTPUT_KEYS)
   for key in ("panoptic_pred", "semantic_pred", "instance_pred"):
     assert served[key].dtype == tf.int32 and served[key].shape == (1,) + size
@@ -80,6 +80,30 @@ def test_serving_default_equals_keras_model_and_postprocessor(exported, size):
   assert served["transformer_class_logits"].shape == (1, 8, 7)
   # The raw maps vary (an untrained model's id maps may be constant).
   assert np.ptp(served["pixel_space_mask_logits"]) > 0.01
+
+
+# A 1x1 image, a tall strip, an odd size and a COCO-like 480x640. The micro config's ASPP rates
+# (6, 12, 18) exceed every side of their stride-32 maps (1, 94x2, 4x5, 16x21), so taps whose
+# window is empty only at run time are exercised, as COCO's rates are on COCO images.
+_SERVING_SIZES = ("1x1", "3000x40", "97x131", "480x640")
+
+
+@pytest.mark.parametrize("onednn", ["1", "0"], ids=["onednn", "eigen"])
+def test_saved_model_serves_any_size_under_both_cpu_kernel_families(exported, onednn, tmp_path):
+  result = subprocess.run(
+      [sys.executable, str(_SERVING_CHECK), "--config_file", str(_CONFIG), "--checkpoint",
+       exported["checkpoint"], "--saved_model", exported["dir"], "--sizes", *_SERVING_SIZES] +
+      [f"--override={k}={v}" for k, v in _OVERRIDES.items()],
+      env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn), capture_output=True, text=True,
+      check=False, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["onednn"] == (onednn == "1"), "TF_ENABLE_ONEDNN_OPTS did not take effect"
+  assert sorted(report["sizes"]) == sorted(_SERVING_SIZES)
+  for size, stats in report["sizes"].items():
+    assert set(stats["mismatched_pixels"]) == {"panoptic_pred", "semantic_pred", "instance_pred"}
+    assert not any(stats["mismatched_pixels"].values()), (size, stats)
+    assert max(stats["max_abs_diff"].values()) < 1e-3, (size, stats)
 
 
 def test_inference_without_semantic_logits_serves_the_same_predictions(exported):

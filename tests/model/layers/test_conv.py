@@ -58,6 +58,21 @@ def test_atrous_conv_matches_numpy(rate):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(5, 5), (1, 1), (40, 3)])
+def test_atrous_conv_of_unknown_size_matches_numpy(size):
+  # Traced for any size, as in an exported model: taps whose window is empty only at run time
+  # (rate 6 against sides of 1-5) must contribute nothing, whatever the CPU kernels do with an
+  # empty input (oneDNN's Conv2D returned it unchanged, with the input's channel count).
+  rng = np.random.default_rng(size[0])
+  layer = conv.Conv2DSame(8, 3, dilation_rate=6, use_bn=False)
+  layer.build((1, None, None, 16))
+  function = tf.function(layer, input_signature=[tf.TensorSpec([1, None, None, 16])])
+  x = rng.normal(size=(1,) + size + (16,)).astype(np.float32)
+  y = function(x).numpy()
+  np.testing.assert_allclose(y[0], _numpy_conv(x[0], layer.conv.kernel.numpy(), 1, 6, 6),
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_shifted_taps_gradients_match_keras_dilated_conv():
   rng = np.random.default_rng(3)
   layer = conv.Conv2DSame(4, 3, dilation_rate=6, use_bn=False)
