@@ -1,12 +1,10 @@
 """deeplab2 checkpoint conversion, on checkpoints with deeplab2's exact variable names and shapes.
 
 `tests/data/deeplab2_variables/*.json` list (key, shape) of checkpoints written by deeplab2 itself
-(see the README there). Each test writes a checkpoint with those keys and shapes and random
-values (no deeplab2 needed), converts it, and checks that the kmax-tf model restored from the
-converted checkpoint holds exactly the source tensors.
+(see the README there). Each test writes a checkpoint with those keys and shapes and random values
+(`tests/helpers/deeplab2_checkpoints.py`, no deeplab2 needed), converts it, and checks that the
+kmax-tf model restored from the converted checkpoint holds exactly the source tensors.
 """
-import json
-import pathlib
 import types
 
 import numpy as np
@@ -21,14 +19,9 @@ from kmax_tf.model import builder
 from kmax_tf.model.backbones import convnext
 from kmax_tf.trainer import checkpoints
 
-_LISTINGS = pathlib.Path(__file__).parent / "data" / "deeplab2_variables"
+import deeplab2_checkpoints  # tests/helpers
+
 _MODELS = {}
-_GLOBAL_STEP = 1234
-
-
-def _listing(name):
-  with open(_LISTINGS / f"{name}.json", encoding="utf-8") as f:
-    return json.load(f)
 
 
 def _model(config_relative):
@@ -39,29 +32,6 @@ def _model(config_relative):
                                  validate=False)
     _MODELS[config_relative] = builder.build_model(options)
   return _MODELS[config_relative]
-
-
-def _write_checkpoint(variables, prefix, seed=0):
-  """Writes a TF checkpoint with these raw keys; returns `{key: value}` of the model values.
-
-  Bookkeeping/optimizer entries are written as scalars: only their names matter to the converter
-  (it must skip them), and full-size optimizer slots would triple the test's I/O.
-  """
-  rng = np.random.default_rng(seed)
-  names, tensors, values = [], [], {}
-  for key, shape in variables:
-    if key == "_CHECKPOINTABLE_OBJECT_GRAPH":
-      continue
-    if convert_deeplab2.is_model_value(key):
-      value = rng.standard_normal(shape, dtype=np.float32)
-      values[key] = value
-    else:
-      value = np.array(_GLOBAL_STEP if key.startswith("global_step/") else 0, np.int64)
-    names.append(key)
-    tensors.append(tf.constant(value))
-  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                    tensors=tensors)
-  return values
 
 
 def _zero(variables):
@@ -79,7 +49,7 @@ def _assert_holds(model, values, form):
 
 
 def _convert_and_check(model, listing, tmp_path):
-  values = _write_checkpoint(listing["variables"], str(tmp_path / "deeplab2" / "ckpt-1"))
+  values = deeplab2_checkpoints.write_checkpoint(listing["variables"], str(tmp_path / "deeplab2" / "ckpt-1"))
   form = listing["form"]
   saved = convert_deeplab2.convert(model, str(tmp_path / "deeplab2" / "ckpt-1"),
                                    str(tmp_path / "out"))
@@ -90,7 +60,7 @@ def _convert_and_check(model, listing, tmp_path):
   assert tf.train.latest_checkpoint(str(tmp_path / "out")) == saved
   # deeplab2's step count is carried over (0 for backbone checkpoints, which have none).
   step = tf.train.load_checkpoint(saved).get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE")
-  assert step == (0 if backbone_only else _GLOBAL_STEP)
+  assert step == (0 if backbone_only else deeplab2_checkpoints.GLOBAL_STEP)
   _assert_holds(model, values, form)
   return values
 
@@ -98,7 +68,7 @@ def _convert_and_check(model, listing, tmp_path):
 @pytest.mark.parametrize("listing_name", ["coco_r50_os32_full", "coco_r50_os32_encoder",
                                           "coco_r50_os32_garden"])
 def test_resnet50_checkpoints_convert_and_load(listing_name, tmp_path):
-  listing = _listing(listing_name)
+  listing = deeplab2_checkpoints.listing(listing_name)
   model = _model(listing["kmax_tf_config"])
   values = _convert_and_check(model, listing, tmp_path)
   mapped = len(convert_deeplab2.build_mapping(
@@ -118,7 +88,7 @@ def test_resnet50_checkpoints_convert_and_load(listing_name, tmp_path):
                                           "coco_convnext_large_os32_full",
                                           "coco_convnext_large_os32_keras"])
 def test_convnext_checkpoints_convert_and_load(listing_name, tmp_path):
-  listing = _listing(listing_name)
+  listing = deeplab2_checkpoints.listing(listing_name)
   _convert_and_check(_model(listing["kmax_tf_config"]), listing, tmp_path)
 
 
@@ -127,12 +97,12 @@ def test_convnext_checkpoints_convert_and_load(listing_name, tmp_path):
                                           "coco_axial_r50_os32_encoder",
                                           "cityscapes_r50_os32_full"])
 def test_more_backbones_and_datasets_convert_and_load(listing_name, tmp_path):
-  listing = _listing(listing_name)
+  listing = deeplab2_checkpoints.listing(listing_name)
   _convert_and_check(_model(listing["kmax_tf_config"]), listing, tmp_path)
 
 
 def test_every_problem_is_listed():
-  listing = _listing("coco_r50_os32_full")
+  listing = deeplab2_checkpoints.listing("coco_r50_os32_full")
   model = _model(listing["kmax_tf_config"])
   shapes = dict((key, shape) for key, shape in listing["variables"])
   dropped = "pixel_decoder/_stages/1/_block3/_attention/_height_axis/qkv_kernel" \
@@ -152,9 +122,9 @@ def test_every_problem_is_listed():
 
 
 def test_initial_checkpoint_accepts_deeplab2_and_kmax_tf_formats(tmp_path):
-  listing = _listing("coco_r50_os32_encoder")
+  listing = deeplab2_checkpoints.listing("coco_r50_os32_encoder")
   model = _model(listing["kmax_tf_config"])
-  values = _write_checkpoint(listing["variables"], str(tmp_path / "imagenet" / "ckpt-7"), seed=1)
+  values = deeplab2_checkpoints.write_checkpoint(listing["variables"], str(tmp_path / "imagenet" / "ckpt-7"), seed=1)
   # SaveV2 writes no `checkpoint` index file, so the prefix is given, not the directory.
   assert convert_deeplab2.is_deeplab2_checkpoint(str(tmp_path / "imagenet" / "ckpt-7"))
   _zero(model.encoder.variables)
@@ -178,9 +148,9 @@ def _convnext_tiny_backbone():
 
 def test_pretrained_weights_load_into_convnext_backbone(tmp_path):
   # deeplab2's ConvNeXt `pretrained_weights`: a TF checkpoint of the Keras ConvNeXt model.
-  listing = _listing("coco_convnext_tiny_os32_keras")
+  listing = deeplab2_checkpoints.listing("coco_convnext_tiny_os32_keras")
   backbone = _convnext_tiny_backbone()
-  values = _write_checkpoint(listing["variables"], str(tmp_path / "weights"), seed=2)
+  values = deeplab2_checkpoints.write_checkpoint(listing["variables"], str(tmp_path / "weights"), seed=2)
   _zero(backbone.variables)
   assert convert_deeplab2.load_pretrained_weights(backbone, str(tmp_path / "weights")) == "keras"
   _, mapping = convert_deeplab2.build_backbone_mapping({k: v.shape for k, v in values.items()},
@@ -194,11 +164,11 @@ def test_pretrained_weights_load_into_convnext_backbone(tmp_path):
 
 def test_pretrained_weights_reject_full_and_foreign_checkpoints():
   backbone = _convnext_tiny_backbone()
-  full = dict(_listing("coco_convnext_tiny_os32_full")["variables"])
+  full = dict(deeplab2_checkpoints.listing("coco_convnext_tiny_os32_full")["variables"])
   with pytest.raises(convert_deeplab2.ConversionError, match="initial_checkpoint"):
     convert_deeplab2.build_backbone_mapping(full, backbone)
   # A ResNet-50 ImageNet checkpoint does not fit ConvNeXt: every problem is listed.
-  resnet = dict(_listing("coco_r50_os32_encoder")["variables"])
+  resnet = dict(deeplab2_checkpoints.listing("coco_r50_os32_encoder")["variables"])
   with pytest.raises(convert_deeplab2.ConversionError) as error:
     convert_deeplab2.build_backbone_mapping(resnet, backbone)
   message = str(error.value)
@@ -220,7 +190,7 @@ def _model_options(backbone_name, pretrained_weights="", initial_checkpoint=""):
 
 def test_initialize_from_options_follows_deeplab2(tmp_path):
   # ConvNeXt: `pretrained_weights` goes into the backbone (deeplab2 loads it at build time).
-  values = _write_checkpoint(_listing("coco_convnext_tiny_os32_keras")["variables"],
+  values = deeplab2_checkpoints.write_checkpoint(deeplab2_checkpoints.listing("coco_convnext_tiny_os32_keras")["variables"],
                              str(tmp_path / "convnext"), seed=3)
   backbone = _convnext_tiny_backbone()
   _zero(backbone.variables)
@@ -233,9 +203,9 @@ def test_initialize_from_options_follows_deeplab2(tmp_path):
 
   # ResNet: deeplab2 ignores `pretrained_weights` (no file is even opened) and loads
   # `initial_checkpoint`.
-  listing = _listing("coco_r50_os32_encoder")
+  listing = deeplab2_checkpoints.listing("coco_r50_os32_encoder")
   model = _model(listing["kmax_tf_config"])
-  values = _write_checkpoint(listing["variables"], str(tmp_path / "r50" / "ckpt-1"), seed=4)
+  values = deeplab2_checkpoints.write_checkpoint(listing["variables"], str(tmp_path / "r50" / "ckpt-1"), seed=4)
   _zero(model.encoder.variables)
   convert_deeplab2.initialize_from_options(model, _model_options(
       "kmax_resnet50", pretrained_weights=str(tmp_path / "does_not_exist"),
@@ -245,9 +215,9 @@ def test_initialize_from_options_follows_deeplab2(tmp_path):
 
 def test_cli_reports_mismatches_and_exits_nonzero(tmp_path, capsys):
   # deeplab2's full-width ResNet-50 stem does not fit the tiny config's quarter-width backbone.
-  stem = [[key, shape] for key, shape in _listing("coco_r50_os32_encoder")["variables"]
+  stem = [[key, shape] for key, shape in deeplab2_checkpoints.listing("coco_r50_os32_encoder")["variables"]
           if key.startswith("encoder/_stem/")]
-  _write_checkpoint(stem, str(tmp_path / "ckpt-1"))
+  deeplab2_checkpoints.write_checkpoint(stem, str(tmp_path / "ckpt-1"))
   code = cli.main(["convert", "deeplab2",
                    "--config_file", str(configs.config_path("synthetic/kmax_tiny.textproto")),
                    "--checkpoint", str(tmp_path / "ckpt-1"), "--output_dir", str(tmp_path / "o")])
@@ -289,7 +259,7 @@ def test_initial_checkpoint_can_leave_the_semantic_last_layer(tmp_path,
 
 
 def test_deeplab2_mapping_can_leave_the_semantic_last_layer():
-  listing = _listing("coco_r50_os32_full")
+  listing = deeplab2_checkpoints.listing("coco_r50_os32_full")
   model = _model(listing["kmax_tf_config"])
   shapes = {key: shape for key, shape in listing["variables"]}
   _, everything = convert_deeplab2.build_mapping(shapes, model)

@@ -4,10 +4,8 @@ loading without kmax_tf, saved_model_cli, input errors.
 One export per module (`kmax-tf export` on a checkpoint of a freshly initialised micro model);
 the reference is the in-memory model whose weights the checkpoint holds.
 """
-import importlib.util
 import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -17,24 +15,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kmax_tf import cli, config, configs, export, geometry, postprocess, predict
+from kmax_tf import cli, config, configs, export, geometry, predict
 from kmax_tf.model import builder
 from kmax_tf.trainer import checkpoints
 
+import serving_check  # tests/helpers
+
 _CONFIG = configs.config_path("synthetic/kmax_micro.textproto")
 _OVERRIDES = {"DATA_DIR": "/unused", "EXPERIMENT_NAME": "export_test"}
-_SERVING_CHECK = pathlib.Path(__file__).with_name("serving_check.py")
-
-
-def _load_serving_check():
-  """tests/serving_check.py as a module (a script for subprocesses; tests are not a package)."""
-  spec = importlib.util.spec_from_file_location("serving_check", _SERVING_CHECK)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-serving_check = _load_serving_check()
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +79,7 @@ _SERVING_SIZES = ("1x1", "3000x40", "97x131", "480x640")
 @pytest.mark.parametrize("onednn", ["1", "0"], ids=["onednn", "eigen"])
 def test_saved_model_serves_any_size_under_both_cpu_kernel_families(exported, onednn, tmp_path):
   result = subprocess.run(
-      [sys.executable, str(_SERVING_CHECK), "--config_file", str(_CONFIG), "--checkpoint",
+      [sys.executable, serving_check.__file__, "--config_file", str(_CONFIG), "--checkpoint",
        exported["checkpoint"], "--saved_model", exported["dir"], "--sizes", *_SERVING_SIZES] +
       [f"--override={k}={v}" for k, v in _OVERRIDES.items()],
       env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn), capture_output=True, text=True,

@@ -3,7 +3,7 @@
 TensorFlow chooses its CPU kernels (oneDNN or Eigen) when it loads, so tests run this script in
 one subprocess per kernel family (`TF_ENABLE_ONEDNN_OPTS=1` / `0`):
 
-  python tests/serving_check.py --config_file F --checkpoint C --saved_model D \
+  python tests/helpers/serving_check.py --config_file F --checkpoint C --saved_model D \
       --sizes 1x1 3000x40 [--override NAME=VALUE ...] [--panoptic_npz OUT.npz]
 
 Each size gets a random uint8 image (seeded by the size). Prints one JSON line:
