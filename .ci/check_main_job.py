@@ -1,11 +1,13 @@
 """Checks the README's main job after `.ci/run` ran it: `python .ci/check_main_job.py LOG`.
 
 LOG holds what `kmax-tf demo` printed on stdout. Its last line is the JSON summary: PQ must
-reach 0.5, and the SavedModel it exported must serve images of two odd sizes through
-`kmax-tf predict` (a tall strip and a size off the model's 32k+1 grid). Exits non-zero with a
-message naming what failed.
+reach 0.5, and the SavedModel it exported must serve images of odd sizes through
+`kmax-tf predict` (one pixel, a tall strip, a COCO-like size, a size off the model's 32k+1 grid)
+with TensorFlow's oneDNN CPU kernels and with its Eigen ones. Exits non-zero with a message
+naming what failed.
 """
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 _MIN_PQ = 0.5
-_SIZES = ((3000, 40), (97, 131))
+_SIZES = ((1, 1), (3000, 40), (480, 640), (97, 131))
 
 
 def main(log_path: str) -> int:
@@ -32,14 +34,17 @@ def main(log_path: str) -> int:
     for height, width in _SIZES:
       inputs.append(work / f"odd_{height}x{width}.png")
       Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(inputs[-1])
-    subprocess.run(["kmax-tf", "predict", "--saved_model", summary["saved_model"], "--input",
-                    *map(str, inputs), "--output_dir", str(work / "out"), "--no_progress"],
-                   check=True)
-    for (height, width), path in zip(_SIZES, inputs):
-      panoptic = work / "out" / "panoptic" / path.name
-      if Image.open(panoptic).size != (width, height):
-        sys.exit(f"{panoptic}: size {Image.open(panoptic).size}, expected {(width, height)}")
-  print(f"main job OK: pq={summary['pq']:.3f}, served {_SIZES} with {summary['saved_model']}")
+    for onednn in ("1", "0"):
+      output = work / f"out_onednn{onednn}"
+      subprocess.run(["kmax-tf", "predict", "--saved_model", summary["saved_model"], "--input",
+                      *map(str, inputs), "--output_dir", str(output), "--no_progress"],
+                     check=True, env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn))
+      for (height, width), path in zip(_SIZES, inputs):
+        size = Image.open(output / "panoptic" / path.name).size
+        if size != (width, height):
+          sys.exit(f"{output / 'panoptic' / path.name}: size {size}, expected {(width, height)}")
+  print(f"main job OK: pq={summary['pq']:.3f}; {summary['saved_model']} served {_SIZES} with "
+        "oneDNN and Eigen kernels")
   return 0
 
 
