@@ -34,3 +34,12 @@ def test_bad_inputs_name_the_source():
                             source="x.png")
   with pytest.raises(ValueError, match="y.jpg: cannot decode image"):
     tfexample.make_features(b"not an image", "jpeg", "y", source="y.jpg")
+
+
+def test_16_bit_grey_image_is_scaled_not_clipped():
+  grey16 = np.random.default_rng(0).integers(0, 1 << 16, (3, 4), dtype=np.uint16)
+  png = io.BytesIO()
+  Image.fromarray(grey16).save(png, format="PNG")
+  features = tfexample.make_features(png.getvalue(), "png", "g16")
+  decoded = np.asarray(Image.open(io.BytesIO(features["image/encoded"])))
+  np.testing.assert_array_equal(decoded, np.repeat((grey16 >> 8)[..., None], 3, axis=-1))
