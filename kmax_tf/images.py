@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 
 def open_image(data: bytes, source: str = "<bytes>") -> Image.Image:
@@ -19,6 +19,13 @@ def open_image(data: bytes, source: str = "<bytes>") -> Image.Image:
     return ImageOps.exif_transpose(image)
   except Exception as e:  # PIL raises several unrelated types for bad data.
     raise ValueError(f"{source}: cannot decode image: {e}") from e
+
+
+def is_turned(data: bytes) -> bool:
+  """Whether the EXIF orientation of encoded image bytes turns or mirrors the stored pixels
+  (decoders that ignore EXIF, such as TensorFlow's, would show them otherwise)."""
+  with Image.open(io.BytesIO(data)) as image:
+    return image.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9)
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:

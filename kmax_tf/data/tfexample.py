@@ -65,7 +65,8 @@ def make_features(image_data: bytes, image_format: str, filename: str,
   if image_format == "jpg":
     image_format = "jpeg"
   image = images.open_image(image_data, source)
-  if image.mode != "RGB":
+  # The reader decodes with TensorFlow, which ignores EXIF: store upright pixels.
+  if image.mode != "RGB" or images.is_turned(image_data):
     image_data = encode_image(images.to_rgb(image), image_format)
   width, height = image.size
   features = {
