@@ -13,6 +13,7 @@ converters), which forgives predictions of any category over crowd and drops cro
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import json
 import multiprocessing
@@ -241,11 +242,27 @@ def _worker(job: tuple, counter, connection) -> None:
     connection.close()
 
 
+def _one_entry_per_id(annotation: dict, side: str, warnings: list) -> dict:
+  """`annotation` with one `segments_info` entry per segment id, as panopticapi's per-image
+  dictionaries keep: the last entry, at the place of the first. A repeated id adds a line to
+  `warnings`."""
+  segments = annotation["segments_info"]
+  by_id = {segment["id"]: segment for segment in segments}
+  if len(by_id) == len(segments):
+    return annotation
+  repeated = sorted(i for i, n in collections.Counter(s["id"] for s in segments).items() if n > 1)
+  warnings.append(f"image {annotation['image_id']}: segment ids {repeated} are listed more than "
+                  f"once in the {side} JSON; the last entry of each counts (as in panopticapi)")
+  return dict(annotation, segments_info=list(by_id.values()))
+
+
 def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = None,
                pred_folder: str | None = None, workers: int = 1,
                crowd_convention: str = "official") -> dict:
   """Returns panopticapi's result dict: {"All", "Things", "Stuff": {pq, sq, rq, n},
-  "per_class": {category_id: {pq, sq, rq}}} plus "crowd_convention" and "num_images".
+  "per_class": {category_id: {pq, sq, rq}}} plus "crowd_convention", "num_images" and
+  "warnings" (lines about input panopticapi accepts silently: segment ids listed twice in one
+  image, ground-truth categories missing from the categories list).
 
   Differs only where panopticapi crashes: a group without categories gives zeros.
   """
@@ -261,11 +278,19 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
   categories = gt_json["categories"]
   category_index = {c["id"]: i for i, c in enumerate(categories)}
   predictions = {a["image_id"]: a for a in pred_json["annotations"]}
-  pairs = []
+  pairs, warnings = [], []
   for gt_annotation in gt_json["annotations"]:
     if gt_annotation["image_id"] not in predictions:
       raise KeyError(f"no prediction for the image with id: {gt_annotation['image_id']}")
-    pairs.append((gt_annotation, predictions[gt_annotation["image_id"]]))
+    pairs.append(tuple(_one_entry_per_id(annotation, side, warnings) for annotation, side in (
+        (gt_annotation, "ground-truth"), (predictions[gt_annotation["image_id"]], "prediction"))))
+  unlisted = collections.Counter(s["category_id"] for gt_annotation, _ in pairs
+                                 for s in gt_annotation["segments_info"]
+                                 if s["category_id"] not in category_index)
+  if unlisted:
+    warnings.append(f"ground-truth category ids {sorted(unlisted)} ({sum(unlisted.values())} "
+                    "segments) are not in the categories list: their segments are matched, as "
+                    "in panopticapi, but count in no average")
 
   job = (pairs, gt_folder, pred_folder, category_index, crowd_convention)
   starts = range(0, len(pairs), _BATCH)
@@ -305,7 +330,8 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: str | None = N
   stats = totals[:, :len(categories)]
 
   is_thing = np.array([c.get("isthing", 0) == 1 for c in categories])
-  results = {"crowd_convention": crowd_convention, "num_images": len(pairs)}
+  results = {"crowd_convention": crowd_convention, "num_images": len(pairs),
+             "warnings": warnings}
   for name, thing in _GROUPS:
     subset = None if thing is None else np.flatnonzero(is_thing == thing)
     averages, per_category = pq_core.summarize(*stats, category_subset=subset)

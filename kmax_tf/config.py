@@ -69,6 +69,22 @@ def parse_config_text(text: str, path="<string>") -> config_pb2.ExperimentOption
   return options
 
 
+def read_config_text(path: pathlib.Path) -> str:
+  """The UTF-8 text of the config file `path`; a `ConfigError` if it is unreadable or not UTF-8
+  (positioned at the first undecodable byte, the column counted in bytes)."""
+  try:
+    data = path.read_bytes()
+  except OSError as error:
+    raise ConfigError(path, 0, 0, f"cannot read config: {error.strerror}") from None
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as error:
+    line_start = data.rfind(b"\n", 0, error.start) + 1
+    raise ConfigError(path, data.count(b"\n", 0, error.start) + 1, error.start - line_start + 1,
+                      f"not UTF-8 text: byte 0x{data[error.start]:02x} ({error.reason}); "
+                      "textproto configs are UTF-8") from None
+
+
 def load_config(path, overrides: Mapping[str, str] | None = None, *, use_environment: bool = True,
                 validate: bool = True,
                 required_fields: Sequence[str] = ()) -> config_pb2.ExperimentOptions:
@@ -99,10 +115,7 @@ def load_config_with_placeholders(
 ) -> tuple[config_pb2.ExperimentOptions, list[Placeholder]]:
   """`load_config`, also returning the placeholders left unresolved."""
   path = pathlib.Path(path)
-  try:
-    text = path.read_text(encoding="utf-8")
-  except OSError as error:
-    raise ConfigError(path, 0, 0, f"cannot read config: {error.strerror}") from None
+  text = read_config_text(path)
   values = dict(os.environ) if use_environment else {}
   values.update(overrides or {})
   text, unresolved = substitute_placeholders(text, values)

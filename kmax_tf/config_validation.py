@@ -144,18 +144,26 @@ def validate(options, text: str, path, unresolved: Iterable[Placeholder],
           f"{field}: unresolved placeholder ${{{placeholder.name}}}; set the environment "
           f"variable {placeholder.name} or pass --override {placeholder.name}=VALUE")
 
-  model = options.model_options
-  if options.HasField("model_options"):
-    if model.WhichOneof("meta_architecture") != "max_deeplab":
-      check.fail("model_options", "kmax-tf builds kMaX-DeepLab only: the config needs a "
-                 "`max_deeplab { ... }` block")
-    check.check_choice("model_options.backbone.name", model.backbone.name, KMAX_BACKBONES)
-    check.check_range("model_options.backbone.drop_path_keep_prob",
-                      model.backbone.drop_path_keep_prob, 0.0, 1.0, low_open=True)
+  if not options.ListFields():
+    raise ConfigError(path, 1, 1, "empty config: no field is set (a kMaX config needs at least "
+                      "`model_options { backbone { name: ... } max_deeplab { ... } }`)")
   for field in ("train_dataset_options", "eval_dataset_options"):
     if options.HasField(field):
       _validate_dataset(check, options, field)
-  if options.train_dataset_options.HasField("dataset") and options.HasField("model_options"):
+  # Checked after the dataset fields: errors in fields written come before a missing block.
+  model = options.model_options
+  if model.WhichOneof("meta_architecture") != "max_deeplab":
+    check.fail("model_options", "kmax-tf builds kMaX-DeepLab only: the config needs a "
+               "`model_options { max_deeplab { ... } }` block")
+  check.check_choice("model_options.backbone.name", model.backbone.name, KMAX_BACKBONES)
+  check.check_range("model_options.backbone.drop_path_keep_prob",
+                    model.backbone.drop_path_keep_prob, 0.0, 1.0, low_open=True)
+  if model.max_deeplab.HasField("num_mask_slots") and model.max_deeplab.num_mask_slots < 1:
+    # Written out, 0 reads as a model without mask slots; only an unset field means the default.
+    check.fail("model_options.max_deeplab.num_mask_slots",
+               f"{model.max_deeplab.num_mask_slots}: must be positive (leave it out for the "
+               "dataset's number)")
+  if options.train_dataset_options.HasField("dataset"):
     _validate_model_against_dataset(check, options)
   if options.HasField("trainer_options"):
     _validate_trainer(check, options)
@@ -237,8 +245,6 @@ def _validate_model_against_dataset(check: _Checker, options):
     check.fail("model_options.max_deeplab.instance_discrimination_sample_k",
                f"samples {kmax.instance_discrimination_sample_k} pixels but a {height}x{width} "
                f"crop has only {pixels} at stride {stride}")
-  if kmax.num_mask_slots < 0:
-    check.fail("model_options.max_deeplab.num_mask_slots", "must be >= 0 (0 = dataset default)")
   if kmax.pixel_decoder_width_multiplier <= 0:
     check.fail("model_options.max_deeplab.pixel_decoder_width_multiplier", "must be positive")
 

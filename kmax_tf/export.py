@@ -121,14 +121,16 @@ def _checked_input(input_tensor, rank: int):
   the shapes of the whole graph from the actual input before running any op, so a wrong rank
   must be caught by an op whose shape function fails first with a clear message:
   `tf.ensure_shape` ("Shape of tensor input_tensor [1,5,5,3] is not compatible with expected
-  shape [?,?,3]"). An assertion adds the empty-image check; both are on the data path, so every
-  later op waits for them.
+  shape [?,?,3]"). An assertion adds the empty-image and empty-batch checks (convolutions of an empty
+  batch fail later with "Incompatible shapes: [16] vs. [0,97,65,3]"); both are on the data path,
+  so every later op waits for them.
   """
   expected = "[B, H, W, 3]" if rank == 4 else "[H, W, 3]"
   input_tensor = tf.ensure_shape(input_tensor, [None] * (rank - 1) + [3])
   shape = tf.shape(input_tensor)
-  non_empty = tf.debugging.Assert(tf.reduce_all(shape[-3:-1] > 0), [
-      f"{INPUT_KEY} must be a uint8 {expected} RGB image with at least one pixel; got shape",
+  what = "batch of at least one image" if rank == 4 else "image"
+  non_empty = tf.debugging.Assert(tf.reduce_all(shape[:-1] > 0), [
+      f"{INPUT_KEY} must be a uint8 {expected} RGB {what} with at least one pixel; got shape",
       shape], summarize=rank)
   with tf.control_dependencies([non_empty]):
     return tf.identity(input_tensor)

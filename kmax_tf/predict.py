@@ -7,15 +7,20 @@ For each image `<name>.<ext>` it writes, under the output directory:
   grayscale (16-bit for datasets with more than 256 classes);
 - `vis/<name>.png`: the image blended with class colours, each segment labelled with its class
   name.
+
+Images are read as `kmax_tf.images.read_rgb` reads them: EXIF orientation applied (outputs are
+upright as viewers show the image), 16-bit grayscale scaled to 8 bits.
 """
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from kmax_tf import images
 from kmax_tf.evaluation import evaluator
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -56,15 +61,6 @@ def list_images(paths: Iterable[str]) -> list[str]:
 
 def image_name(path: str) -> str:
   return os.path.splitext(os.path.basename(path))[0]
-
-
-def read_image(path: str) -> np.ndarray:
-  """uint8 `[H, W, 3]` RGB (grayscale, palette and alpha images are converted)."""
-  try:
-    with Image.open(path) as image:
-      return np.asarray(image.convert("RGB"))
-  except OSError as error:
-    raise ValueError(f"Cannot read image {path}: {error}") from None
 
 
 def _unbatch(outputs) -> dict:
@@ -119,8 +115,11 @@ def predict_files(predict_fn: PredictFn, dataset, image_paths: Iterable[str], ou
                   progress: bool = True) -> dict:
   """Runs `predict_fn` on every image and writes the files of the module docstring.
 
-  Returns the paths written: {"panoptic_json", "panoptic_dir", "semantic_dir", "vis_dir"} and
-  "num_images".
+  An image that cannot be read or decoded is reported on stderr and skipped; `panoptic.json`
+  lists the images predicted, and is written even when an unexpected error stops the loop.
+
+  Returns the paths written: {"panoptic_json", "panoptic_dir", "semantic_dir", "vis_dir"},
+  "num_images" (predicted) and "failures": [{"path", "error"}] of the skipped images.
   """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   image_paths = list(image_paths)
@@ -130,17 +129,25 @@ def predict_files(predict_fn: PredictFn, dataset, image_paths: Iterable[str], ou
            "vis_dir": os.path.join(output_dir, "vis")}
   for key in ("panoptic_dir", "semantic_dir", "vis_dir"):
     os.makedirs(paths[key], exist_ok=True)
-  annotations = []
-  for path in tqdm(image_paths, desc="predict", unit="image", disable=not progress):
-    image = read_image(path)
-    name = image_name(path)
-    predictions = predict_fn(image)
-    panoptic = predictions["panoptic_pred"]
-    annotations.append(evaluator.save_panoptic_png(output_dir, name, panoptic, dataset))
-    write_semantic_png(os.path.join(paths["semantic_dir"], f"{name}.png"),
-                       predictions["semantic_pred"], dataset.num_classes)
-    Image.fromarray(labelled_overlay(image, panoptic, dataset)).save(
-        os.path.join(paths["vis_dir"], f"{name}.png"))
-  evaluator.write_panoptic_json(output_dir, annotations, dataset)
-  paths["num_images"] = len(image_paths)
+  annotations, failures = [], []
+  try:
+    for path in tqdm(image_paths, desc="predict", unit="image", disable=not progress):
+      try:
+        image = images.read_rgb(path)
+      except ValueError as error:
+        failures.append({"path": path, "error": str(error)})
+        tqdm.write(f"skipped {error}", file=sys.stderr)
+        continue
+      name = image_name(path)
+      predictions = predict_fn(image)
+      panoptic = predictions["panoptic_pred"]
+      annotations.append(evaluator.save_panoptic_png(output_dir, name, panoptic, dataset))
+      write_semantic_png(os.path.join(paths["semantic_dir"], f"{name}.png"),
+                         predictions["semantic_pred"], dataset.num_classes)
+      Image.fromarray(labelled_overlay(image, panoptic, dataset)).save(
+          os.path.join(paths["vis_dir"], f"{name}.png"))
+  finally:
+    evaluator.write_panoptic_json(output_dir, annotations, dataset)
+  paths["num_images"] = len(annotations)
+  paths["failures"] = failures
   return paths

@@ -7,6 +7,10 @@ from kmax_tf import config
 
 _VALID = textwrap.dedent("""\
     experiment_name: "${EXPERIMENT_NAME}"
+    model_options {
+      backbone { name: "kmax_resnet50" }
+      max_deeplab { auxiliary_semantic_head { output_channels: 7 } }
+    }
     train_dataset_options {
       dataset: "synthetic_panoptic"
       file_pattern: "${DATA_DIR}/train-*.tfrecord"

@@ -175,6 +175,8 @@ def test_saved_model_cli_describes_both_signatures(exported):
      r"input_tensor \[1,5,5,1\] is not compatible with expected shape \[\?,\?,\?,3\]"),
     ("serving_batch", tf.zeros([5, 5, 3], tf.uint8), r"input_tensor \[5,5,3\] is not compat"),
     ("serving_batch", tf.zeros([1, 0, 5, 3], tf.uint8), r"at least one pixel.*\[1 0 5 3\]"),
+    ("serving_batch", tf.zeros([0, 97, 65, 3], tf.uint8),
+     r"at least one image with at least one pixel.*\[0 97 65 3\]"),
 ])
 def test_bad_inputs_get_clear_errors(exported, signature, bad, message):
   with pytest.raises((TypeError, tf.errors.InvalidArgumentError), match=message):

@@ -71,10 +71,23 @@ def usage() -> str:
   return f"{__doc__}\n{FLAGS.module_help(__name__)}"
 
 
-def run(argv=None):
-  """Entry point shared by `python -m kmax_tf.trainer.train` and `kmax-tf train`."""
+def _parse_flags_or_raise(argv):
+  """absl's flag parsing with errors raised as ValueError (one line from `kmax-tf train`),
+  where absl's own parser prints them and exits."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as error:
+    raise ValueError(f"{error} (see --help)") from None
+
+
+def run(argv=None, raise_flag_errors: bool = False):
+  """Entry point shared by `python -m kmax_tf.trainer.train` and `kmax-tf train`
+  (`raise_flag_errors`: a bad or missing flag raises ValueError instead of exiting)."""
   flags.mark_flags_as_required(["mode", "model_dir", "config_file"])
-  app.run(main, argv=argv)
+  if raise_flag_errors:
+    app.run(main, argv=argv, flags_parser=_parse_flags_or_raise)
+  else:
+    app.run(main, argv=argv)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,6 @@ into a kmax-tf checkpoint for the model `--config_file` builds.
 """
 from __future__ import annotations
 
-import sys
-
 from kmax_tf.commands import config as config_command
 
 
@@ -38,9 +36,8 @@ def _deeplab2(args) -> int:
                                  config_command.parse_overrides(args.override), validate=False)
     model = builder.build_model(options)
     saved = convert_deeplab2.convert(model, args.checkpoint, args.output_dir)
-  except (config.ConfigError, convert_deeplab2.ConversionError, FileNotFoundError,
-          ValueError) as error:
-    print(f"{args.checkpoint}: {error}", file=sys.stderr)
-    return 1
+  except convert_deeplab2.ConversionError as error:
+    # The problems concern this checkpoint: name it on the error line.
+    raise convert_deeplab2.ConversionError(f"{args.checkpoint}: {error}") from error
   print(saved)
   return 0

@@ -1,6 +1,7 @@
 """`kmax-tf eval pq`: panoptic quality of COCO panoptic format predictions (panopticapi rules)."""
 import json
 import os
+import sys
 import time
 
 
@@ -25,6 +26,8 @@ def _run_pq(args) -> int:
   start = time.perf_counter()
   results = pq_files.pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,
                                 workers=args.workers, crowd_convention=args.crowd_convention)
+  for warning in results["warnings"]:
+    print(f"kmax-tf eval pq: warning: {warning}", file=sys.stderr)
   print(pq_files.format_table(results))
   summary = {key: results[key] for key in ("All", "Things", "Stuff", "crowd_convention",
                                            "num_images")}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from kmax_tf.commands import config as config_command
 
@@ -25,15 +24,10 @@ def register(subparsers) -> None:
 
 def _export(args) -> int:
   from kmax_tf import config, export  # pylint: disable=import-outside-toplevel
-  try:
-    # Data paths are irrelevant to an export: placeholders may stay unresolved.
-    options = config.load_config(args.config_file,
-                                 config_command.parse_overrides(args.override))
-    export.export_saved_model(options, args.checkpoint, args.output_dir,
-                              semantic_logits=not args.no_semantic_logits)
-  except (config.ConfigError, ValueError, FileNotFoundError, AssertionError) as error:
-    print(f"kmax-tf export: {error}", file=sys.stderr)
-    return 1
+  # Data paths are irrelevant to an export: placeholders may stay unresolved.
+  options = config.load_config(args.config_file, config_command.parse_overrides(args.override))
+  export.export_saved_model(options, args.checkpoint, args.output_dir,
+                            semantic_logits=not args.no_semantic_logits)
   print(json.dumps({"saved_model": args.output_dir,
                     "signatures": [export.DEFAULT_SIGNATURE, export.BATCH_SIGNATURE]}))
   return 0

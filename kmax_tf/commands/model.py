@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from kmax_tf.commands import config as config_command
 
@@ -35,14 +34,10 @@ def summarize(options) -> dict:
 def _summary(args) -> int:
   from kmax_tf import config  # pylint: disable=import-outside-toplevel
 
-  try:
-    # Placeholders (data paths, experiment names) do not affect the architecture.
-    options = config.load_config(args.config_file,
-                                 config_command.parse_overrides(args.override), validate=False)
-    result = summarize(options)
-  except (config.ConfigError, ValueError) as error:
-    print(f"{args.config_file}: {error}", file=sys.stderr)
-    return 1
+  # Placeholders (data paths, experiment names) do not affect the architecture.
+  options = config.load_config(args.config_file, config_command.parse_overrides(args.override),
+                               validate=False)
+  result = summarize(options)
   if args.format == "json":
     print(json.dumps(result, sort_keys=True))
     return 0

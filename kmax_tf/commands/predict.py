@@ -28,20 +28,22 @@ def register(subparsers) -> None:
 def _predict(args) -> int:
   from kmax_tf import config, predict  # pylint: disable=import-outside-toplevel
   if args.config_file and not args.checkpoint:
-    print("kmax-tf predict: --config_file needs --checkpoint", file=sys.stderr)
+    print("kmax-tf predict: error: --config_file needs --checkpoint", file=sys.stderr)
     return 2
-  try:
-    images = predict.list_images(args.input)
-    if args.saved_model:
-      predict_fn, dataset = predict.saved_model_predictor(args.saved_model)
-    else:
-      options = config.load_config(args.config_file,
-                                   config_command.parse_overrides(args.override))
-      predict_fn, dataset = predict.checkpoint_predictor(options, args.checkpoint)
-    written = predict.predict_files(predict_fn, dataset, images, args.output_dir,
-                                    progress=not args.no_progress)
-  except (config.ConfigError, ValueError, FileNotFoundError, AssertionError) as error:
-    print(f"kmax-tf predict: {error}", file=sys.stderr)
-    return 1
+  images = predict.list_images(args.input)
+  if args.saved_model:
+    predict_fn, dataset = predict.saved_model_predictor(args.saved_model)
+  else:
+    options = config.load_config(args.config_file, config_command.parse_overrides(args.override))
+    predict_fn, dataset = predict.checkpoint_predictor(options, args.checkpoint)
+  written = predict.predict_files(predict_fn, dataset, images, args.output_dir,
+                                  progress=not args.no_progress)
   print(json.dumps(written))
+  failures = written["failures"]
+  if failures:
+    # Each failure was reported when met; this line sums them up for scripts and logs.
+    print(f"kmax-tf predict: error: {len(failures)} of {len(images)} images could not be read "
+          f"(the others are in {written['panoptic_json']}): "
+          + ", ".join(failure["path"] for failure in failures), file=sys.stderr)
+    return 1
   return 0

@@ -20,5 +20,5 @@ def _train(args) -> int:
     # wrapper, which defines none.
     print(train.usage())
     return 0
-  train.run(["kmax-tf train", *args.flags])
+  train.run(["kmax-tf train", *args.flags], raise_flag_errors=True)
   return 0

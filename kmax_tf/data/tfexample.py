@@ -17,7 +17,9 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from kmax_tf import images
 
 KEY_ENCODED_IMAGE = "image/encoded"
 KEY_IMAGE_FILENAME = "image/filename"
@@ -29,16 +31,6 @@ KEY_ENCODED_LABEL = "image/segmentation/class/encoded"
 KEY_LABEL_FORMAT = "image/segmentation/class/format"
 
 _PIL_FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG"}
-
-
-def read_image(data: bytes, source: str = "<bytes>") -> Image.Image:
-  """Opens encoded image bytes, applying the EXIF orientation as deeplab2 does."""
-  try:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-  except Exception as e:  # PIL raises several unrelated types for bad data.
-    raise ValueError(f"{source}: cannot decode image: {e}") from e
-  return ImageOps.exif_transpose(image)
 
 
 def encode_image(array: np.ndarray, image_format: str) -> bytes:
@@ -55,8 +47,9 @@ def make_features(image_data: bytes, image_format: str, filename: str,
   """Checked feature values of one example (plain bytes/ints; no TensorFlow needed).
 
   Args:
-    image_data: encoded JPEG/PNG. Non-RGB images (grey, palette, RGBA, CMYK) are converted to RGB
-      and re-encoded in `image_format`, as deeplab2's converters do.
+    image_data: encoded JPEG/PNG. Non-RGB images (grey, palette, RGBA, CMYK, 16-bit grey) are
+      converted to RGB (`kmax_tf.images.to_rgb`) and re-encoded in `image_format`, as deeplab2's
+      converters do.
     image_format: "jpeg" or "png" (the value stored under image/format).
     filename: stem stored under image/filename.
     panoptic_label: optional int32 `[H, W]` panoptic map, stored raw.
@@ -71,9 +64,10 @@ def make_features(image_data: bytes, image_format: str, filename: str,
     raise ValueError(f"{source}: unsupported image format {image_format!r}")
   if image_format == "jpg":
     image_format = "jpeg"
-  image = read_image(image_data, source)
-  if image.mode != "RGB":
-    image_data = encode_image(np.asarray(image.convert("RGB")), image_format)
+  image = images.open_image(image_data, source)
+  # The reader decodes with TensorFlow, which ignores EXIF: store upright pixels.
+  if image.mode != "RGB" or images.is_turned(image_data):
+    image_data = encode_image(images.to_rgb(image), image_format)
   width, height = image.size
   features = {
       KEY_ENCODED_IMAGE: image_data,
@@ -92,7 +86,7 @@ def make_features(image_data: bytes, image_format: str, filename: str,
     features[KEY_ENCODED_LABEL] = np.ascontiguousarray(panoptic_label, dtype="<i4").tobytes()
     features[KEY_LABEL_FORMAT] = b"raw"
   elif semantic_png is not None:
-    label_size = read_image(semantic_png, source).size
+    label_size = images.open_image(semantic_png, source).size
     if label_size != (width, height):
       raise ValueError(f"{source}: label size {label_size[::-1]} does not match the image "
                        f"size {(height, width)}")

@@ -51,5 +51,29 @@ def test_override_flag_resolves_placeholders(capsys):
   assert cli.main(["config", "check", str(tiny), "--override", "DATA_DIR=/d",
                    "--override", "EXPERIMENT_NAME=x"]) == 0
   assert "placeholders" not in capsys.readouterr().out
-  with pytest.raises(SystemExit, match="NAME=VALUE"):
-    cli.main(["config", "check", str(tiny), "--override", "DATA_DIR"])
+  assert cli.main(["config", "check", str(tiny), "--override", "DATA_DIR"]) == 1
+  assert capsys.readouterr().err == (
+      "kmax-tf config check: error: --override expects NAME=VALUE, got 'DATA_DIR'\n")
+
+
+_TINY = (_REPO / "configs" / "synthetic" / "kmax_tiny.textproto").read_text()
+_SLOTS_LINE = next(i for i, line in enumerate(_TINY.split("\n"), 1) if "num_mask_slots" in line)
+
+
+@pytest.mark.parametrize("content,position,message", [
+    (b"", "1:1", "empty config: no field is set"),
+    (b"# only a comment\n\n", "1:1", "empty config: no field is set"),
+    (_TINY.replace("num_mask_slots: 16", "num_mask_slots: 0").encode(), f"{_SLOTS_LINE}:5",
+     "model_options.max_deeplab.num_mask_slots: 0: must be positive"),
+    # Latin-1 "é" in the second line's string.
+    (b'# ok\nexperiment_name: "caf\xe9"\n', "2:22", "not UTF-8 text: byte 0xe9"),
+], ids=["empty", "comments_only", "zero_mask_slots", "latin1"])
+def test_configs_that_would_not_run_are_positioned_errors(tmp_path, capsys, content, position,
+                                                          message):
+  bad = tmp_path / "bad.textproto"
+  bad.write_bytes(content)
+  assert cli.main(["config", "check", str(bad)]) == 1
+  captured = capsys.readouterr()
+  assert captured.out == ""
+  assert captured.err.startswith(f"{bad}:{position}: {message}")
+  assert len(captured.err.strip().split("\n")) == 1

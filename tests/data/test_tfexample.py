@@ -34,3 +34,26 @@ def test_bad_inputs_name_the_source():
                             source="x.png")
   with pytest.raises(ValueError, match="y.jpg: cannot decode image"):
     tfexample.make_features(b"not an image", "jpeg", "y", source="y.jpg")
+
+
+def test_16_bit_grey_image_is_scaled_not_clipped():
+  grey16 = np.random.default_rng(0).integers(0, 1 << 16, (3, 4), dtype=np.uint16)
+  png = io.BytesIO()
+  Image.fromarray(grey16).save(png, format="PNG")
+  features = tfexample.make_features(png.getvalue(), "png", "g16")
+  decoded = np.asarray(Image.open(io.BytesIO(features["image/encoded"])))
+  np.testing.assert_array_equal(decoded, np.repeat((grey16 >> 8)[..., None], 3, axis=-1))
+
+
+def test_exif_turned_jpeg_is_stored_upright():
+  stored = np.zeros((40, 64, 3), np.uint8)
+  stored[:20] = 200
+  exif = Image.Exif()
+  exif[0x0112] = 6  # shown turned a quarter clockwise
+  jpeg = io.BytesIO()
+  Image.fromarray(stored).save(jpeg, format="JPEG", quality=95, exif=exif)
+  features = tfexample.make_features(jpeg.getvalue(), "jpeg", "turned")
+  # What the reader sees: TensorFlow's decoder ignores EXIF.
+  decoded = tf.io.decode_jpeg(features["image/encoded"]).numpy()
+  assert (features["image/height"], features["image/width"]) == (64, 40) == decoded.shape[:2]
+  assert np.abs(decoded.astype(int) - np.rot90(stored, -1)).mean() < 2

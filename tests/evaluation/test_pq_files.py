@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kmax_tf import cli
 from kmax_tf.evaluation import pq_files
 # The reference: cocodataset/panopticapi, installed as `panopticapi-lite` (see README).
 from panopticapi import evaluation as panopticapi_evaluation  # pylint: disable=wrong-import-order
@@ -220,3 +221,58 @@ def test_hand_worked_image_equals_panopticapi(tmp_path):
   assert ours["All"]["pq"] == pytest.approx(0.5) and ours["All"]["n"] == 2
   assert ours["Things"]["pq"] == 0.0 and ours["Stuff"]["pq"] == pytest.approx(1.0)
   assert ours["per_class"][1]["rq"] == 0.0 and ours["per_class"][3]["pq"] == 0.0
+
+
+def _hand_worked_set(tmp_path, gt_segments, pred_segments):
+  """`write_set` of the hand-worked image above with other segment lists."""
+  gt_map = np.tile(np.array([1, 1, 1, 1, 2, 2, 2, 2, 0, 5]), (4, 1))
+  pred_map = np.tile(np.array([7, 7, 8, 8, 9, 9, 9, 9, 9, 6]), (4, 1))
+  categories = [{"id": 1, "name": "a", "isthing": 1}, {"id": 2, "name": "b", "isthing": 0}]
+  return write_set(tmp_path, gt_map, gt_segments, pred_map, pred_segments, categories)
+
+
+_GT = [{"id": 1, "category_id": 1, "area": 16, "iscrowd": 0},
+       {"id": 2, "category_id": 2, "area": 16, "iscrowd": 0},
+       {"id": 5, "category_id": 1, "area": 4, "iscrowd": 1}]
+_PRED = [{"id": 7, "category_id": 1}, {"id": 8, "category_id": 1},
+         {"id": 9, "category_id": 2}, {"id": 6, "category_id": 1}]
+
+
+@pytest.mark.parametrize("side", ["ground-truth", "prediction"])
+def test_segment_listed_twice_counts_once_as_in_panopticapi(tmp_path, side):
+  # panopticapi keeps the last entry of an id (a dict per image). Ground truth: stuff segment 2
+  # is first listed with another area (counted as a second, unmatched segment, it was a false
+  # negative: Stuff PQ 2/3). Prediction: segment 9 is first listed with the thing category.
+  gt, pred = list(_GT), list(_PRED)
+  if side == "ground-truth":
+    gt.insert(1, {"id": 2, "category_id": 2, "area": 10, "iscrowd": 0})
+  else:
+    pred.insert(2, {"id": 9, "category_id": 1})
+  paths = _hand_worked_set(tmp_path, gt, pred)
+  ours = pq_files.pq_compute(paths[0], paths[2], paths[1], paths[3])
+  theirs = panopticapi_pq(*paths)
+  assert_same_results(ours, theirs)
+  assert ours["Stuff"]["pq"] == pytest.approx(1.0)
+  duplicate = 2 if side == "ground-truth" else 9
+  assert ours["warnings"] == [
+      f"image 0: segment ids [{duplicate}] are listed more than once in the {side} JSON; the "
+      "last entry of each counts (as in panopticapi)"]
+
+
+def test_ground_truth_category_missing_from_the_list_is_a_warning(tmp_path):
+  gt = [dict(_GT[0], category_id=42)] + _GT[1:]
+  paths = _hand_worked_set(tmp_path, gt, _PRED)
+  ours = pq_files.pq_compute(paths[0], paths[2], paths[1], paths[3])
+  assert_same_results(ours, panopticapi_pq(*paths))
+  assert len(ours["warnings"]) == 1
+  assert ours["warnings"][0].startswith(
+      "ground-truth category ids [42] (1 segments) are not in the categories list")
+
+
+def test_cli_prints_warnings_on_stderr(tmp_path, capsys):
+  paths = _hand_worked_set(tmp_path, [dict(_GT[0], category_id=42)] + _GT[1:] + _GT[1:2], _PRED)
+  assert cli.main(["eval", "pq", "--gt_json", paths[0], "--gt_folder", paths[1],
+                   "--pred_json", paths[2], "--pred_folder", paths[3], "--workers", "1"]) == 0
+  err = capsys.readouterr().err.strip().split("\n")
+  assert len(err) == 2 and all(line.startswith("kmax-tf eval pq: warning: ") for line in err)
+  assert "segment ids [2] are listed more than once" in err[0] and "[42]" in err[1]

@@ -21,13 +21,13 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from kmax_tf import datasets
+from kmax_tf import datasets, images
 from kmax_tf.data import reader, shards, tfexample
 
 
 def read_segment_ids(png_data: bytes, source: str) -> np.ndarray:
   """int64 `[H, W]` segment ids of a COCO-panoptic RGB PNG."""
-  image = tfexample.read_image(png_data, source)
+  image = images.open_image(png_data, source)
   if image.mode != "RGB":
     raise ValueError(f"{source}: panoptic PNG must be RGB, got mode {image.mode}")
   rgb = np.asarray(image, np.int64)
