@@ -337,3 +337,88 @@ def test_sample_k_zero_is_rejected():
   options.model_options.max_deeplab.instance_discrimination_sample_k = 0
   with pytest.raises(ValueError, match="instance_discrimination_sample_k"):
     kmax_loss.build_loss(options)
+
+
+def _wave(shape, phase, scale=1.0):
+  """Deterministic values without an RNG (numpy's generator streams may change)."""
+  return (scale * np.sin(np.arange(np.prod(shape)) * 0.61 + phase)).reshape(shape).astype(
+      np.float32)
+
+
+def tiny_config_inputs():
+  """Targets and outputs of the tiny config at crop 31 (16 x 16 outputs, stride 2, 256 pixels =
+  its instance_discrimination_sample_k, so every pixel is sampled and no RNG is involved)."""
+  crop, out, slots, batch = 31, 16, 16, 2
+  semantic = np.full((batch, crop, crop), 1, np.int32)
+  semantic[:, 12:22] = 2
+  semantic[:, 22:] = 3
+  thing_id = np.full((batch, crop, crop), -1, np.int32)
+  thing_class = np.full((batch, 32), -1, np.float32)
+  for b in range(batch):
+    for t, (y, x, size, cls) in enumerate([(2, 3, 8, 4), (14, 10 + b, 10, 5), (20, 22, 6, 4),
+                                           (5, 20, 3, 6)][:3 + b]):
+      semantic[b, y:y + size, x:x + size] = cls
+      thing_id[b, y:y + size, x:x + size] = t
+      thing_class[b, t] = cls
+    semantic[b, 26:30, 2:8] = 5  # crowd: a thing class without an instance id
+    semantic[b, :, :2] = 0  # void
+  targets = dict(semantic_gt=semantic, thing_id_mask_gt=thing_id, thing_id_class_gt=thing_class,
+                 semantic_loss_weight=1.0 + (semantic == 6).astype(np.float32) * 2.0)
+
+  def head(phase):
+    features = _wave((batch, out, out, 8), phase)
+    return {"pixel_space_mask_logits": _wave((batch, out, out, slots), phase + 1, 3.0),
+            "pixel_space_normalized_feature": features / np.linalg.norm(features, axis=-1,
+                                                                        keepdims=True),
+            "transformer_class_logits": _wave((batch, slots, 7), phase + 2, 2.0)}
+
+  outputs = head(0.0)
+  outputs["semantic_logits"] = _wave((batch, out, out, NUM_CLASSES), 5.0, 2.0)
+  outputs["auxiliary_outputs_pred"] = tuple(head(10.0 * (i + 1)) for i in range(3))
+  return targets, outputs
+
+
+# Batch means of deeplab2's DeepLabFamilyLoss (deeplab2 commit 64bc1c1a, TF 2.20 with tf_keras)
+# on tiny_config_inputs(), its loss and instance-discrimination options taken from
+# configs/synthetic/kmax_tiny.textproto and the synthetic dataset's classes (things 4-6, void 0,
+# 7 classes), 3 auxiliary outputs. Produced by:
+#   loss = loss_builder.DeepLabFamilyLoss(loss_options, model_options, num_classes=7,
+#       ignore_label=0, ignore_depth=None, thing_class_ids=(4, 5, 6), auxiliary_output_number=3)
+#   {k: float(tf.reduce_mean(v)) for k, v in loss(targets, outputs).items()}
+DEEPLAB2_TINY_CONFIG_LOSSES = {
+    "instance_discrimination_loss": 7.401284217834473,
+    "pq_style_loss_mask_dice_term": 0.31611406803131104,
+    "mask_id_cross_entropy_loss": 1.2924003601074219,
+    "pq_style_loss_class_term": 0.15121859312057495,
+    "aux_0pq_style_loss_class_term": 0.3989313244819641,
+    "aux_0pq_style_loss_mask_dice_term": 0.31783777475357056,
+    "aux_0mask_id_cross_entropy_loss": 1.2980085611343384,
+    "aux_0instance_discrimination_loss": 7.403409004211426,
+    "aux_1pq_style_loss_class_term": 0.23072120547294617,
+    "aux_1pq_style_loss_mask_dice_term": 0.3184296786785126,
+    "aux_1mask_id_cross_entropy_loss": 1.3049991130828857,
+    "aux_1instance_discrimination_loss": 7.403487205505371,
+    "aux_2pq_style_loss_class_term": 0.2631584703922272,
+    "aux_2pq_style_loss_mask_dice_term": 0.3186693787574768,
+    "aux_2mask_id_cross_entropy_loss": 1.287466287612915,
+    "aux_2instance_discrimination_loss": 7.401460647583008,
+    "semantic_loss": 2.649937868118286,
+    "total_loss": 39.75753402709961,
+}
+
+
+def test_matches_deeplab2_values_on_the_tiny_config():
+  from kmax_tf import config as kmax_config  # pylint: disable=import-outside-toplevel
+  from kmax_tf import configs  # pylint: disable=import-outside-toplevel
+
+  options = kmax_config.load_config(
+      configs.config_path("synthetic/kmax_tiny.textproto"),
+      {"DATA_DIR": "unused", "EXPERIMENT_NAME": "unused"}, validate=False)
+  loss = kmax_loss.build_loss(options, training=True)
+  targets, outputs = tiny_config_inputs()
+  got = {k: float(tf.reduce_mean(v)) for k, v in loss(
+      {k: tf.constant(v) for k, v in targets.items()},
+      tf.nest.map_structure(tf.constant, outputs)).items()}
+  assert set(got) == set(DEEPLAB2_TINY_CONFIG_LOSSES)
+  for name, value in DEEPLAB2_TINY_CONFIG_LOSSES.items():
+    assert got[name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
