@@ -61,8 +61,13 @@ def main(argv):
   run_options = train_lib.RunOptions(
       seed=FLAGS.seed, deterministic=FLAGS.deterministic, jit_compile=FLAGS.jit_compile,
       mixed_precision=FLAGS.mixed_precision, max_steps=FLAGS.max_steps)
-  train_lib.run_experiment(FLAGS.mode, options, FLAGS.model_dir, FLAGS.master, FLAGS.num_gpus,
-                           run_options)
+  try:
+    train_lib.run_experiment(FLAGS.mode, options, FLAGS.model_dir, FLAGS.master, FLAGS.num_gpus,
+                             run_options)
+  except train_lib.ModelDirError as error:
+    logging.error("%s", error)
+    print(error, file=sys.stderr)
+    return 2
   return 0
 
 

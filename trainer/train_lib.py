@@ -29,6 +29,23 @@ class RunOptions:
   max_steps: int | None = None  # Stop earlier than training_number_of_steps (tests, demo).
 
 
+class ModelDirError(ValueError):
+  """`model_dir` cannot be created or written; raised before any model is built."""
+
+
+def check_writable(directory: str) -> None:
+  """Creates `directory` and writes and deletes a file in it; ModelDirError if that fails."""
+  probe = os.path.join(directory, f".kmax_write_check_{os.getpid()}")
+  try:
+    tf.io.gfile.makedirs(directory)
+    with tf.io.gfile.GFile(probe, "w") as f:
+      f.write("")
+    tf.io.gfile.remove(probe)
+  except (tf.errors.OpError, OSError) as error:
+    reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    raise ModelDirError(f"--model_dir: cannot write to {directory}: {reason}") from error
+
+
 def experiment_dir(model_dir: str, options) -> str:
   """deeplab2 writes under `model_dir/<experiment_name>` when the name is set."""
   return os.path.join(model_dir, options.experiment_name) if options.experiment_name else model_dir
@@ -39,7 +56,9 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
   """Runs `mode` for the experiment; returns the last train or eval logs dict.
 
   The checkpoint (global step, model, optimizers) lives in `experiment_dir(model_dir)`; a
-  restarted run resumes from the newest readable checkpoint there.
+  restarted run resumes from the newest readable checkpoint there. Every mode writes there
+  (checkpoints, summaries, evaluation results), so an unwritable directory raises ModelDirError
+  before anything is built.
   """
   # Imported here so that `kmax_tf.trainer` stays importable without building models.
   from kmax_tf import convert_deeplab2  # pylint: disable=import-outside-toplevel
@@ -59,6 +78,7 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
     keras.mixed_precision.set_global_policy(run_options.mixed_precision)
 
   model_dir = experiment_dir(model_dir, options)
+  check_writable(model_dir)
   strategy = distribution.create_strategy(master, num_gpus, run_options.devices)
   if run_options.jit_compile and mode in ("train", "train_and_eval"):
     runner.check_jit_compile(strategy)  # Before minutes of model building and tracing.
@@ -115,6 +135,8 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
         tf.train.Checkpoint(**checkpoint_items), directory=checkpoint_dir,
         max_to_keep=trainer_options.num_checkpoints_to_keep, step_counter=global_step,
         checkpoint_interval=trainer_options.save_checkpoints_steps, init_fn=init_fn)
+    if trainer is not None:
+      manager.remove_unfinished_saves()
     controller = orbit.Controller(
         strategy=strategy, trainer=trainer, evaluator=evaluator, global_step=global_step,
         steps_per_loop=trainer_options.steps_per_loop, checkpoint_manager=manager,

@@ -196,3 +196,24 @@ def test_continuous_eval_evaluates_each_new_checkpoint(data_dir, tmp_path):
               "images/panoptic_prediction_0", "images/panoptic_prediction_1"):
     assert tags.get(tag) == [2, 4], (tag, tags)
   assert "images/panoptic_prediction_2" not in tags  # The eval split has two images.
+
+
+def test_unwritable_model_dir_fails_before_the_model_is_built(tmp_path, monkeypatch):
+  from kmax_tf import config
+  from kmax_tf.model import builder
+  from kmax_tf.trainer import train_lib
+
+  def build_model(options):
+    raise AssertionError("the model must not be built for an unwritable model_dir")
+
+  monkeypatch.setattr(builder, "build_model", build_model)
+  (tmp_path / "a_file").write_text("")
+  model_dir = tmp_path / "a_file" / "runs"  # A directory cannot be made under a file.
+  options = config.load_config(_MICRO, {"DATA_DIR": str(tmp_path), "EXPERIMENT_NAME": "micro"})
+  for mode in ("train", "eval"):
+    with pytest.raises(train_lib.ModelDirError, match=r"cannot write to .*a_file/runs/micro"):
+      train_lib.run_experiment(mode, options, str(model_dir))
+  result = subprocess.run(_train_command(tmp_path, model_dir), env=_environment(),
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "--model_dir: cannot write to" in result.stderr.strip().splitlines()[-1]
