@@ -16,6 +16,7 @@ records, and can count bad records instead of failing.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Sequence
 
 import tensorflow as tf
@@ -53,6 +54,12 @@ def list_files(file_patterns: Sequence[str] | str) -> list[str]:
   return files
 
 
+def check_message(error: tf.errors.OpError) -> str:
+  """The first line of a failed check's message, without TensorFlow's function-node prefix."""
+  line = error.message.splitlines()[0]
+  return re.sub(r"^\{\{function_node [^}]*\}\}\s*(assertion failed: )?", "", line)
+
+
 def _where(file_name, index):
   return ["file", file_name, "record", index]
 
@@ -63,8 +70,9 @@ def decode_record(serialized, descriptor: datasets.DatasetDescriptor, *, file_na
 
   Returns a dict with image uint8 `[H, W, 3]`, image_name string, height/width int32 scalars and
   label int32 `[H, W, 1]` panoptic (PNG semantic labels become `semantic * divisor`, i.e. no
-  instances). The checks (known image format, label size, label values in the dataset's classes)
-  fail with an InvalidArgumentError whose message names `file_name` and `index`.
+  instances). The checks (known image format, label size (raw byte count or PNG size), label
+  values in the dataset's classes) fail with an InvalidArgumentError naming `file_name` and
+  `index`.
   """
   spec = dict(_FEATURES, **(_LABEL_FEATURES if decode_label else {}))
   parsed = tf.io.parse_single_example(serialized, spec)
@@ -100,8 +108,14 @@ def decode_record(serialized, descriptor: datasets.DatasetDescriptor, *, file_na
     return tf.reshape(flat, tf.stack([height, width, 1]))
 
   def png_label():
-    semantic = tf.cast(tf.io.decode_png(encoded_label, channels=1), tf.int32)
-    return semantic * divisor
+    semantic = tf.io.decode_png(encoded_label, channels=1)
+    # A PNG carries its own size; a wrong one would be stretched over the image by resizing.
+    size_check = tf.debugging.Assert(
+        tf.reduce_all(tf.shape(semantic)[:2] == tf.stack([height, width])),
+        ["PNG label size", tf.shape(semantic)[:2], "differs from the image size",
+         tf.stack([height, width]), "in"] + _where(file_name, index))
+    with tf.control_dependencies([size_check]):
+      return tf.cast(semantic, tf.int32) * divisor
 
   label = tf.cond(parsed[tfexample.KEY_LABEL_FORMAT] == "png", png_label, raw_label)
   label.set_shape([None, None, 1])
@@ -348,7 +362,7 @@ def validate_records(files: Sequence[str], descriptor: datasets.DatasetDescripto
         try:
           decode(record, path, tf.constant(index, tf.int64))
         except tf.errors.InvalidArgumentError as e:
-          problem = e.message.splitlines()[0]
+          problem = check_message(e)
           if not skip_bad_records:
             raise RecordError(f"{path}: record {index}: {problem}") from e
           bad.append((path, index, problem))

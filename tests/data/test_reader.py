@@ -160,6 +160,23 @@ def test_png_semantic_label_becomes_panoptic_without_instances(tmp_path):
   np.testing.assert_array_equal(decoded["label"].numpy()[..., 0], semantic.astype(int) * 256)
 
 
+def test_png_label_of_another_size_is_rejected_naming_the_record(tmp_path):
+  good = tfexample.make_features(
+      tfexample.encode_image(np.zeros((4, 6, 3), np.uint8), "png"), "png", "ok",
+      semantic_png=tfexample.encode_image(np.ones((4, 6), np.uint8), "png"))
+  stretched = dict(good, **{tfexample.KEY_ENCODED_LABEL:  # make_features would refuse it
+                            tfexample.encode_image(np.ones((2, 3), np.uint8), "png")})
+  path = _write(str(tmp_path / "sem-00000-of-00001.tfrecord"),
+                [tfexample.serialize(good), tfexample.serialize(stretched)])
+  with pytest.raises(reader.RecordError,
+                     match=r"sem-00000-of-00001.tfrecord: record 1: \[PNG label size\] \[2 3\]"):
+    reader.validate_records([path], SYNTHETIC)
+  options = _options(path, batch_size=1)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"(?s)PNG label size.*sem-00000-of-00001.tfrecord.*record.*1"):
+    _take(reader.build_dataset(options, False), 2)
+
+
 def test_cli_parses_data_commands():
   import argparse
   from kmax_tf.commands import data as data_command
