@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 
 from absl import logging
 import keras
@@ -27,6 +28,7 @@ class RunOptions:
   mixed_precision: str | None = None  # None, "mixed_bfloat16" or "mixed_float16".
   devices: tuple[str, ...] | None = None  # Explicit MirroredStrategy devices (tests).
   max_steps: int | None = None  # Stop earlier than training_number_of_steps (tests, demo).
+  skip_bad_records: bool = False  # Drop unreadable/invalid training records, counting them.
 
 
 class ModelDirError(ValueError):
@@ -97,24 +99,28 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
     if mode in ("train", "train_and_eval"):
       loss = kmax_loss.build_loss(options, training=True, seed=run_options.seed)
       optimizers = optimizer_lib.build_optimizers(
-          solver, model.trainable_variables, model.encoder.trainable_variables)
+          solver, model.trainable_variables, model.encoder.trainable_variables,
+          loss_scale=run_options.mixed_precision == "mixed_float16")
       checkpoint_items.update(optimizers.checkpoint_items())
 
-      def dataset_fn(input_context=None):
+      def dataset_fn(input_context=None, *, seed=run_options.seed, start=None):
         return reader.build_dataset(
             options.train_dataset_options, is_training=True,
-            deterministic=run_options.deterministic, seed=run_options.seed,
-            input_context=input_context)
+            deterministic=run_options.deterministic, seed=seed, input_context=input_context,
+            skip_bad_records=run_options.skip_bad_records, start=start)
 
+      input_seed = run_options.seed
+      if input_seed is None:
+        # Kept in the checkpoint, so that a restart continues this run's input order.
+        input_seed = 0 if run_options.deterministic else random.randrange(2**31 - 1)
       trainer = runner.KMaXTrainer(
           strategy=strategy, model=model, loss=loss, loss_names=loss.loss_names,
           optimizers=optimizers, train_dataset=dataset_fn, global_step=global_step,
-          total_steps=total_steps, jit_compile=run_options.jit_compile,
+          total_steps=total_steps, input_seed=input_seed, jit_compile=run_options.jit_compile,
           panoptic_overlay=summaries.PanopticOverlay(
               model, datasets.get_dataset(options.train_dataset_options.dataset),
               options.evaluator_options))
-      if trainer.train_iterator is not None:
-        checkpoint_items["train_iterator"] = trainer.train_iterator
+      checkpoint_items.update(trainer.checkpoint_items)
       checkpoint_items["loss_sampler_state"] = loss.seed_generator.state
     if mode != "train":
       from kmax_tf.evaluation import evaluator as evaluator_lib  # pylint: disable=import-outside-toplevel
