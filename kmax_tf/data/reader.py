@@ -47,6 +47,8 @@ _OPTIONAL_FEATURES = {
 }
 # TFRecord framing around each record's data: length (8 bytes) and its CRC (4), data CRC (4).
 _RECORD_FRAMING_BYTES = 16
+# Graph-level seed of each training epoch's shuffles (their op seed comes from the base seed).
+_GRAPH_SEED = 1
 # Training streams are endless; `Dataset.range` needs an end.
 _MAX_EPOCHS = 2**62
 # Training samples carry `input_position`: where the main and the copy-paste stream continue
@@ -310,6 +312,10 @@ def _records(files: Sequence[str], is_training: bool, deterministic: bool, seed,
   def one_epoch(epoch):
     dataset = files_and_sizes
     if is_training:
+      # Traced by flat_map, so this seeds this function's graph only: the order depends on
+      # `seed` and the epoch alone, whatever the global seed (at 0, Dataset.shuffle would
+      # refuse the tensor seed).
+      tf.random.set_seed(_GRAPH_SEED)
       dataset = dataset.shuffle(len(files), seed=_epoch_seed(seed, epoch))
     dataset = dataset.interleave(
         _read_file, cycle_length=cycle_length, num_parallel_calls=tf.data.AUTOTUNE,
