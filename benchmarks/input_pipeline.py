@@ -18,10 +18,14 @@ import time
 import numpy as np
 
 
-def _write_records(directory, num_images):
+def write_records(directory, num_images, coco_ids=True):
+  """One shard of `num_images` 640x480 JPEG scenes with raw panoptic labels (COCO-sized).
+
+  `coco_ids`: label classes remapped to COCO ids (coco_panoptic); else synthetic_panoptic's.
+  """
   from kmax_tf.data import shards, synthetic, tfexample
   # synthetic stuff 1-3 -> COCO stuff 81-83, things 4-6 -> COCO things 1-3.
-  remap = np.array([0, 81, 82, 83, 1, 2, 3])
+  remap = np.array([0, 81, 82, 83, 1, 2, 3]) if coco_ids else np.arange(7)
 
   def records():
     for index in range(num_images):
@@ -71,7 +75,7 @@ def main():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   num_batches = max(1, args.images // args.batch_size)
   with tempfile.TemporaryDirectory() as directory:
-    _write_records(directory, 64)
+    write_records(directory, 64)
     pattern = os.path.join(directory, "train-*.tfrecord")
     load_before = os.getloadavg()[0]
     baseline, baseline_cpu = _throughput(_options(pattern, args.batch_size, False), num_batches)

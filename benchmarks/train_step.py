@@ -69,6 +69,8 @@ def _batch(options):
       "semantic_loss_weight": np.ones((1, _CROP, _CROP), np.float32),
       "thing_id_mask_gt": thing_mask[None],
       "thing_id_class_gt": thing_class[None],
+      "input_position": np.zeros((1, 4), np.int64),
+      "skipped_records": np.zeros((1,), np.int64),
   }
 
 
@@ -82,7 +84,8 @@ def _trainer(options, batch, jit_compile: bool):
         model.encoder.trainable_variables)
     return runner.KMaXTrainer(
         strategy=strategy, model=model, loss=loss, loss_names=loss.loss_names,
-        optimizers=optimizers, train_dataset=tf.data.Dataset.from_tensors(batch).repeat(),
+        optimizers=optimizers,
+        train_dataset=lambda **unused: tf.data.Dataset.from_tensors(batch).repeat(),
         global_step=orbit.utils.create_global_step(),
         total_steps=options.trainer_options.solver_options.training_number_of_steps,
         jit_compile=jit_compile)

@@ -4,15 +4,19 @@
 index last), so a run killed mid-save leaves the previous checkpoint as the latest. A checkpoint
 that is listed but cannot be read (a truncated or corrupted file) makes this manager fall back to
 the one before it, with a warning, instead of failing the restart.
+
+A save killed before it finished leaves its shards in a `<prefix>_temp/` directory (TensorFlow
+writes them there and moves them into place last); the trainer removes those on start.
 """
 from __future__ import annotations
 
 from absl import logging
 import tensorflow as tf
 
-# What a damaged checkpoint raises when read.
+# What a damaged checkpoint raises when read. A data file cut short (full disk, lost node) makes
+# the checkpoint reader raise IndexError ("Read less bytes than requested").
 _READ_ERRORS = (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
-                tf.errors.OutOfRangeError, tf.errors.OpError, RuntimeError, ValueError)
+                tf.errors.OutOfRangeError, tf.errors.OpError, RuntimeError, ValueError, IndexError)
 
 
 class ResilientCheckpointManager(tf.train.CheckpointManager):
@@ -34,6 +38,20 @@ class ResilientCheckpointManager(tf.train.CheckpointManager):
       logging.info("No checkpoint in %s; initialized from scratch or initial_checkpoint.",
                    self.directory)
     return None
+
+  def remove_unfinished_saves(self) -> list[str]:
+    """Deletes the `<prefix>_temp/` directories of saves that were killed; returns their paths.
+
+    Only the process that writes checkpoints may call this: the directory of a save in progress
+    looks the same.
+    """
+    removed = []
+    for path in sorted(tf.io.gfile.glob(f"{self._checkpoint_prefix}-*_temp")):
+      if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+        logging.warning("Removed %s, left by a checkpoint save that did not finish.", path)
+        removed.append(path)
+    return removed
 
 
 class ModelVariables(tf.Module):

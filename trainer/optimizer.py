@@ -11,6 +11,8 @@
   regex would decay nothing), so the rule here matches the short name instead.
 - When `backbone_learning_rate_multiplier` is set, the backbone gets a second optimizer of the
   same kind with the learning rate scaled by it.
+- `loss_scale=True` (for `mixed_float16`, whose small gradients underflow in float16) wraps each
+  optimizer in Keras' `LossScaleOptimizer`; `Optimizers` keeps the two in step (see there).
 """
 from __future__ import annotations
 
@@ -148,21 +150,32 @@ def _make_optimizer(solver_options, schedule, variables: Sequence):
 class Optimizers:
   """The optimizers of one model and the variables each one updates.
 
-  `backbone` is None unless the solver sets `backbone_learning_rate_multiplier`.
+  `backbone` is None unless the solver sets `backbone_learning_rate_multiplier`. With
+  `loss_scaled`, both are `keras.optimizers.LossScaleOptimizer`s: the loss is multiplied by the
+  main one's dynamic scale (`scale_loss`) and each one divides its gradients by its own scale,
+  skipping the step and halving the scale when a gradient is not finite. A step is skipped by
+  both or neither (a non-finite gradient anywhere poisons all of them), so their scales, which
+  start equal, stay equal.
   """
   main: keras.optimizers.Optimizer
   main_variables: list
   backbone: keras.optimizers.Optimizer | None = None
   backbone_variables: list = dataclasses.field(default_factory=list)
   clip_gradient_norm: float | None = None
+  loss_scaled: bool = False
 
   @property
   def learning_rate(self):
     """Current learning rate of the main optimizer."""
     return self.main.learning_rate
 
+  def scale_loss(self, loss):
+    """`loss` times the dynamic loss scale (unchanged without loss scaling)."""
+    return self.main.scale_loss(loss) if self.loss_scaled else loss
+
   def apply_gradients(self, gradients_by_variable: dict):
-    """Applies `{id(variable): gradient}` with the optimizer that owns each variable.
+    """Applies `{id(variable): gradient}` (of `scale_loss(loss)`) with the optimizer that owns
+    each variable.
 
     With `clip_gradient_norm`, all gradients are first scaled together to that global norm, as
     deeplab2 clips them before splitting them between its optimizers (a per-optimizer
@@ -171,11 +184,17 @@ class Optimizers:
     `global_clipnorm` would): with N replicas each clips its own share of the loss
     (`loss / N`), so clipping engages at a different total norm than on one device.
     """
+    keys = list(gradients_by_variable)
+    gradients = [gradients_by_variable[k] for k in keys]
     if self.clip_gradient_norm:
-      keys = list(gradients_by_variable)
-      clipped, _ = tf.clip_by_global_norm([gradients_by_variable[k] for k in keys],
-                                          self.clip_gradient_norm)
-      gradients_by_variable = dict(zip(keys, clipped))
+      # Gradients of the scaled loss are `scale` times the true ones, and so is their norm.
+      scale = self.main.dynamic_scale if self.loss_scaled else 1.0
+      gradients, _ = tf.clip_by_global_norm(gradients, self.clip_gradient_norm * scale)
+    if self.loss_scaled:
+      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+      poison = tf.where(finite, 1.0, float("nan"))
+      gradients = [g * tf.cast(poison, g.dtype) for g in gradients]
+    gradients_by_variable = dict(zip(keys, gradients))
     for optimizer, variables in ((self.main, self.main_variables),
                                  (self.backbone, self.backbone_variables)):
       if optimizer is not None and variables:
@@ -190,7 +209,7 @@ class Optimizers:
 
 
 def build_optimizers(solver_options, trainable_variables: Sequence,
-                     backbone_variables: Sequence = ()) -> Optimizers:
+                     backbone_variables: Sequence = (), loss_scale: bool = False) -> Optimizers:
   """Builds the main (and, if configured, backbone) optimizer over `trainable_variables`.
 
   Args:
@@ -198,6 +217,7 @@ def build_optimizers(solver_options, trainable_variables: Sequence,
     trainable_variables: every trainable variable of the model.
     backbone_variables: the backbone's trainable variables (a subset); they get their own
       optimizer with `backbone_learning_rate_multiplier` when that field is set.
+    loss_scale: wrap the optimizers in Keras' dynamic `LossScaleOptimizer` (`mixed_float16`).
   """
   backbone_ids = {id(v) for v in backbone_variables}
   if solver_options.HasField("backbone_learning_rate_multiplier") and backbone_ids:
@@ -212,6 +232,10 @@ def build_optimizers(solver_options, trainable_variables: Sequence,
     main_variables, backbone_list, backbone = list(trainable_variables), [], None
   main = _make_optimizer(solver_options, build_learning_rate_schedule(solver_options),
                          main_variables)
+  if loss_scale:
+    main = keras.optimizers.LossScaleOptimizer(main)
+    if backbone is not None:
+      backbone = keras.optimizers.LossScaleOptimizer(backbone)
   # Built now, not lazily in the first apply: slot variables created inside the compiled train
   # loop make tf.function trace the whole step twice (once creating them, once without), and
   # under MirroredStrategy their initialisation cannot be lifted out of the loop at all.
@@ -219,4 +243,5 @@ def build_optimizers(solver_options, trainable_variables: Sequence,
   if backbone is not None:
     backbone.build(backbone_list)
   clip = solver_options.clip_gradient_norm if solver_options.use_gradient_clipping else None
-  return Optimizers(main, main_variables, backbone, backbone_list, clip_gradient_norm=clip)
+  return Optimizers(main, main_variables, backbone, backbone_list, clip_gradient_norm=clip,
+                    loss_scaled=loss_scale)

@@ -14,6 +14,7 @@ import orbit
 import tensorflow as tf
 from absl import logging
 
+from kmax_tf.data import reader
 from kmax_tf.trainer import optimizer as optimizer_lib
 from kmax_tf.trainer import summaries
 
@@ -51,18 +52,23 @@ class KMaXTrainer(orbit.StandardTrainer):
 
   def __init__(self, *, strategy: tf.distribute.Strategy, model: keras.Model,
                loss: Callable, loss_names, optimizers: optimizer_lib.Optimizers,
-               train_dataset, global_step: tf.Variable, total_steps: int,
-               jit_compile: bool = False, panoptic_overlay: Callable | None = None):
+               train_dataset: Callable, global_step: tf.Variable, total_steps: int,
+               input_seed: int = 0, jit_compile: bool = False,
+               panoptic_overlay: Callable | None = None):
     """Args:
       strategy: the distribution strategy the model and optimizers were built under.
       model: maps images `[B, H, W, 3]` to the output dict of `KMaXDeepLab`.
       loss: `loss(inputs, outputs) -> {name: [B] tensor}` including `total_loss`.
       loss_names: every key `loss` returns (metrics are created before tracing).
       optimizers: from `optimizer.build_optimizers`.
-      train_dataset: a `tf.data.Dataset` of batched training dicts (or a function of an
-        `InputContext` returning one, for per-replica input pipelines).
+      train_dataset: `train_dataset(input_context=None, *, seed=None, start=None)` returning a
+        `tf.data.Dataset` of batched training dicts (`reader.build_dataset`'s keys, with
+        `input_position` and `skipped_records`). On one device it is called with the seed and
+        start position kept in `input_state`, once the checkpoint has been restored; with
+        several replicas, per input pipeline with an `InputContext`.
       global_step: incremented once per step; checkpoints and summaries key on it.
       total_steps: `training_number_of_steps`, for the ETA.
+      input_seed: the input order's seed for a run that starts from scratch.
       jit_compile: compile the step with XLA (one device only, see `check_jit_compile`).
       panoptic_overlay: `overlay(images [1, H, W, 3]) -> uint8 [1, H, W, 3]`; when given, every
         loop that writes summaries also writes the first image of the last batch
@@ -80,6 +86,10 @@ class KMaXTrainer(orbit.StandardTrainer):
         self._forward_backward)
     self._loop_start: tuple[float, int] | None = None
     self._panoptic_overlay = panoptic_overlay
+    self._dataset_fn = train_dataset
+    # One device resumes the input stream where the checkpoint left it; a distributed input
+    # pipeline per replica starts afresh (its streams are not tracked).
+    self._resumable_input = isinstance(strategy, tf.distribute.OneDeviceStrategy)
     with strategy.scope():
       # The first image of the latest batch (first replica's), for the image summaries.
       self._last_image = tf.Variable(
@@ -87,27 +97,36 @@ class KMaXTrainer(orbit.StandardTrainer):
           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA, name="last_train_image")
       self._loss_metrics = {name: keras.metrics.Mean(name=f"train_{name}")
                             for name in loss_names}
-      if isinstance(strategy, tf.distribute.OneDeviceStrategy):
-        # One device needs no distributed input, and a plain iterator can be checkpointed, so a
-        # restarted run continues the input stream exactly where the checkpoint left it.
-        dataset = train_dataset() if callable(train_dataset) else train_dataset
-      else:
+      # [seed, epoch, position, paste epoch, paste position]: the input streams' seed and where
+      # they continue (`reader.build_dataset`'s `input_position`).
+      self._input_state = tf.Variable(
+          [input_seed] + [0] * reader.POSITION_SIZE, dtype=tf.int64, trainable=False,
+          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA, name="input_state")
+      self._skipped_records = tf.Variable(
+          0, dtype=tf.int64, trainable=False, aggregation=tf.VariableAggregation.SUM,
+          name="skipped_records")
+      dataset = None
+      if not self._resumable_input:
         dataset = orbit.utils.make_distributed_dataset(strategy, train_dataset)
     super().__init__(dataset, options=orbit.StandardTrainerOptions(
         use_tf_while_loop=False, use_tf_function=True))
-    # Created now rather than lazily by Orbit, so that it can go into the checkpoint.
-    with strategy.scope():
-      self._train_iter = iter(self.train_dataset)
 
   @property
-  def train_iterator(self):
-    """The input iterator if it can be checkpointed (single device), else None.
+  def checkpoint_items(self) -> dict:
+    """The trainer's own state to checkpoint besides model and optimizers.
 
-    Distributed iterators are not trackable; multi-device runs resume with a fresh input stream.
+    `input_state`: the input stream's seed and position (a few bytes, not the pipeline's
+    buffers); `skipped_records`: bad records dropped so far (`--skip_bad_records`).
     """
-    if isinstance(self._train_iter, tf.__internal__.tracking.Trackable):
-      return self._train_iter
-    return None
+    return {"input_state": self._input_state, "skipped_records": self._skipped_records}
+
+  def train(self, num_steps):
+    if self._resumable_input and self.train_dataset is None:
+      # Built here rather than in __init__: only now has the checkpoint been restored.
+      seed, *start = (int(value) for value in self._input_state.numpy())
+      with self._strategy.scope():
+        self.train_dataset = self._dataset_fn(seed=seed, start=start)
+    return super().train(num_steps)
 
   @property
   def model(self) -> keras.Model:
@@ -127,7 +146,8 @@ class KMaXTrainer(orbit.StandardTrainer):
     with tf.GradientTape() as tape:
       outputs = self._model(inputs["image"], training=True)
       losses = {name: tf.reduce_mean(value) for name, value in self._loss(inputs, outputs).items()}
-      scaled = losses[TOTAL_LOSS] / self._strategy.num_replicas_in_sync
+      scaled = self._optimizers.scale_loss(
+          losses[TOTAL_LOSS] / self._strategy.num_replicas_in_sync)
     gradients = tape.gradient(scaled, variables)
     self._optimizers.apply_gradients(
         {id(v): g for v, g in zip(variables, gradients) if g is not None})
@@ -136,10 +156,16 @@ class KMaXTrainer(orbit.StandardTrainer):
 
   def train_step(self, iterator):
     def step(inputs):
+      inputs = dict(inputs)
+      position = inputs.pop("input_position")
+      self._skipped_records.assign_add(tf.reduce_sum(inputs.pop("skipped_records")))
       self._step_fn(inputs)
       if self._panoptic_overlay is not None:
         # Outside the (possibly XLA-compiled) step: the variable's shape is dynamic.
         self._last_image.assign(inputs["image"][:1])
+      if self._resumable_input:
+        # The batch's last sample is the latest of each stream.
+        self._input_state.assign(tf.concat([self._input_state[:1], position[-1]], 0))
       self._global_step.assign_add(1)
 
     self._strategy.run(step, args=(next(iterator),))
@@ -154,6 +180,8 @@ class KMaXTrainer(orbit.StandardTrainer):
           "before this loop is intact: lower the learning rate or check the data, then restart "
           "to resume from it.")
     logs["learning_rate"] = self._optimizers.main.learning_rate
+    skipped = int(self._skipped_records.numpy())
+    logs["input/skipped_bad_records"] = skipped
     if self._panoptic_overlay is not None and bool(tf.summary.should_record_summaries()):
       image = self._last_image.read_value()
       summaries.write_images("images/input", image, step)
@@ -165,8 +193,9 @@ class KMaXTrainer(orbit.StandardTrainer):
       remaining = max(self._total_steps - step, 0)
       eta = remaining / steps_per_second if steps_per_second > 0 else float("inf")
       logs["steps_per_second"] = steps_per_second
-      logging.info("step %d/%d | %.2f steps/s | ETA %s | total_loss %.4f", step,
-                   self._total_steps, steps_per_second, _format_duration(eta), total)
+      logging.info("step %d/%d | %.2f steps/s | ETA %s | total_loss %.4f%s", step,
+                   self._total_steps, steps_per_second, _format_duration(eta), total,
+                   f" | skipped {skipped} bad records" if skipped else "")
     return logs
 
 

@@ -29,6 +29,9 @@ flags.DEFINE_bool("deterministic", False, "Deterministic ops and input pipeline 
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA (one device only).")
 flags.DEFINE_enum("mixed_precision", None, ["mixed_bfloat16", "mixed_float16"],
                   "Keras mixed-precision policy (losses and logits stay float32).")
+flags.DEFINE_bool("skip_bad_records", False, "Drop training records that cannot be read or fail "
+                  "their checks (each logged, counted in the log and in TensorBoard) instead "
+                  "of stopping.")
 flags.DEFINE_integer("max_steps", None, "Stop after this many steps (default: the config's "
                      "training_number_of_steps).")
 
@@ -60,9 +63,15 @@ def main(argv):
     return 2
   run_options = train_lib.RunOptions(
       seed=FLAGS.seed, deterministic=FLAGS.deterministic, jit_compile=FLAGS.jit_compile,
-      mixed_precision=FLAGS.mixed_precision, max_steps=FLAGS.max_steps)
-  train_lib.run_experiment(FLAGS.mode, options, FLAGS.model_dir, FLAGS.master, FLAGS.num_gpus,
-                           run_options)
+      mixed_precision=FLAGS.mixed_precision, max_steps=FLAGS.max_steps,
+      skip_bad_records=FLAGS.skip_bad_records)
+  try:
+    train_lib.run_experiment(FLAGS.mode, options, FLAGS.model_dir, FLAGS.master, FLAGS.num_gpus,
+                             run_options)
+  except train_lib.ModelDirError as error:
+    logging.error("%s", error)
+    print(error, file=sys.stderr)
+    return 2
   return 0
 
 

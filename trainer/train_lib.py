@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 
 from absl import logging
 import keras
@@ -27,6 +28,24 @@ class RunOptions:
   mixed_precision: str | None = None  # None, "mixed_bfloat16" or "mixed_float16".
   devices: tuple[str, ...] | None = None  # Explicit MirroredStrategy devices (tests).
   max_steps: int | None = None  # Stop earlier than training_number_of_steps (tests, demo).
+  skip_bad_records: bool = False  # Drop unreadable/invalid training records, counting them.
+
+
+class ModelDirError(ValueError):
+  """`model_dir` cannot be created or written; raised before any model is built."""
+
+
+def check_writable(directory: str) -> None:
+  """Creates `directory` and writes and deletes a file in it; ModelDirError if that fails."""
+  probe = os.path.join(directory, f".kmax_write_check_{os.getpid()}")
+  try:
+    tf.io.gfile.makedirs(directory)
+    with tf.io.gfile.GFile(probe, "w") as f:
+      f.write("")
+    tf.io.gfile.remove(probe)
+  except (tf.errors.OpError, OSError) as error:
+    reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    raise ModelDirError(f"--model_dir: cannot write to {directory}: {reason}") from error
 
 
 def experiment_dir(model_dir: str, options) -> str:
@@ -39,7 +58,9 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
   """Runs `mode` for the experiment; returns the last train or eval logs dict.
 
   The checkpoint (global step, model, optimizers) lives in `experiment_dir(model_dir)`; a
-  restarted run resumes from the newest readable checkpoint there.
+  restarted run resumes from the newest readable checkpoint there. Every mode writes there
+  (checkpoints, summaries, evaluation results), so an unwritable directory raises ModelDirError
+  before anything is built.
   """
   # Imported here so that `kmax_tf.trainer` stays importable without building models.
   from kmax_tf import convert_deeplab2  # pylint: disable=import-outside-toplevel
@@ -59,6 +80,7 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
     keras.mixed_precision.set_global_policy(run_options.mixed_precision)
 
   model_dir = experiment_dir(model_dir, options)
+  check_writable(model_dir)
   strategy = distribution.create_strategy(master, num_gpus, run_options.devices)
   if run_options.jit_compile and mode in ("train", "train_and_eval"):
     runner.check_jit_compile(strategy)  # Before minutes of model building and tracing.
@@ -77,24 +99,28 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
     if mode in ("train", "train_and_eval"):
       loss = kmax_loss.build_loss(options, training=True, seed=run_options.seed)
       optimizers = optimizer_lib.build_optimizers(
-          solver, model.trainable_variables, model.encoder.trainable_variables)
+          solver, model.trainable_variables, model.encoder.trainable_variables,
+          loss_scale=run_options.mixed_precision == "mixed_float16")
       checkpoint_items.update(optimizers.checkpoint_items())
 
-      def dataset_fn(input_context=None):
+      def dataset_fn(input_context=None, *, seed=run_options.seed, start=None):
         return reader.build_dataset(
             options.train_dataset_options, is_training=True,
-            deterministic=run_options.deterministic, seed=run_options.seed,
-            input_context=input_context)
+            deterministic=run_options.deterministic, seed=seed, input_context=input_context,
+            skip_bad_records=run_options.skip_bad_records, start=start)
 
+      input_seed = run_options.seed
+      if input_seed is None:
+        # Kept in the checkpoint, so that a restart continues this run's input order.
+        input_seed = 0 if run_options.deterministic else random.randrange(2**31 - 1)
       trainer = runner.KMaXTrainer(
           strategy=strategy, model=model, loss=loss, loss_names=loss.loss_names,
           optimizers=optimizers, train_dataset=dataset_fn, global_step=global_step,
-          total_steps=total_steps, jit_compile=run_options.jit_compile,
+          total_steps=total_steps, input_seed=input_seed, jit_compile=run_options.jit_compile,
           panoptic_overlay=summaries.PanopticOverlay(
               model, datasets.get_dataset(options.train_dataset_options.dataset),
               options.evaluator_options))
-      if trainer.train_iterator is not None:
-        checkpoint_items["train_iterator"] = trainer.train_iterator
+      checkpoint_items.update(trainer.checkpoint_items)
       checkpoint_items["loss_sampler_state"] = loss.seed_generator.state
     if mode != "train":
       from kmax_tf.evaluation import evaluator as evaluator_lib  # pylint: disable=import-outside-toplevel
@@ -115,6 +141,8 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
         tf.train.Checkpoint(**checkpoint_items), directory=checkpoint_dir,
         max_to_keep=trainer_options.num_checkpoints_to_keep, step_counter=global_step,
         checkpoint_interval=trainer_options.save_checkpoints_steps, init_fn=init_fn)
+    if trainer is not None:
+      manager.remove_unfinished_saves()
     controller = orbit.Controller(
         strategy=strategy, trainer=trainer, evaluator=evaluator, global_step=global_step,
         steps_per_loop=trainer_options.steps_per_loop, checkpoint_manager=manager,

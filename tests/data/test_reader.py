@@ -51,6 +51,27 @@ def test_deterministic_mode_repeats_exactly(synthetic_dir):
   assert not np.array_equal(a[0]["image"], c[0]["image"])
 
 
+@pytest.mark.parametrize("copy_paste", [False, True])
+def test_restart_from_input_position_continues_exactly(synthetic_dir, copy_paste):
+  """What the trainer checkpoints instead of the pipeline's buffers: (epoch, position) per stream.
+
+  12 records, batches of 2: the restart at batch 5 is in epoch 0 and the batches after it
+  cross into epoch 1.
+  """
+  paste = dict(panoptic_copy_paste_scale=0.5) if copy_paste else {}
+  options = _options(os.path.join(synthetic_dir, "train-*"), batch_size=2, **paste)
+  uninterrupted = _take(reader.build_dataset(options, True, deterministic=True, seed=3), 9)
+  positions = np.concatenate([batch["input_position"] for batch in uninterrupted])
+  assert positions[:, 0].tolist() == [0] * 12 + [1] * 6
+  assert positions[:, 1].tolist() == list(range(1, 13)) + list(range(1, 7))
+  resumed = _take(reader.build_dataset(options, True, deterministic=True, seed=3,
+                                       start=uninterrupted[4]["input_position"][-1]), 4)
+  for expected, batch in zip(uninterrupted[5:], resumed):
+    for key in expected:
+      np.testing.assert_array_equal(batch[key], expected[key], err_msg=key)
+  assert (positions[:, 2:] != 0).any() == copy_paste
+
+
 def test_training_batch_targets_are_consistent(synthetic_dir):
   options = _options(os.path.join(synthetic_dir, "train-*"),
                      autoaugment_policy_name="simple_classification_policy",
@@ -87,7 +108,7 @@ def test_input_context_splits_files_or_records(synthetic_dir):
     context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline,
                                          num_replicas_in_sync=2)
     dataset = reader._records(reader.list_files(pattern), False, True, None, context)
-    return [os.path.basename(f.numpy().decode()) + f":{int(i)}" for f, i, _ in dataset]
+    return [os.path.basename(f.numpy().decode()) + f":{int(i)}" for _, f, i, _, _ in dataset]
   train = os.path.join(synthetic_dir, "train-*")
   first, second = names(train, 0), names(train, 1)
   assert not set(first) & set(second) and len(first) + len(second) == 12
@@ -146,6 +167,50 @@ def test_undecodable_image_and_truncated_file(tmp_path):
   assert result["records"] == 2 and result["bad"][0][1] == 2
 
 
+def _bad_files(tmp_path):
+  """{kind: (path, index of the bad record)}: a truncated shard, random bytes, a missing key."""
+  cut = _write(str(tmp_path / "cut.tfrecord"), [tfexample.serialize(_good(i)) for i in range(3)])
+  with open(cut, "r+b") as f:
+    f.truncate(os.path.getsize(cut) - 50)
+  noise = str(tmp_path / "noise.tfrecord")
+  with open(noise, "wb") as f:
+    f.write(np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
+  keyless = _good(5)
+  del keyless[tfexample.KEY_IMAGE_HEIGHT]
+  missing = _write(str(tmp_path / "missing.tfrecord"),
+                   [tfexample.serialize(r) for r in (_good(3), keyless, _good(4))])
+  return {"truncated": (cut, 2), "random_bytes": (noise, 0), "missing_key": (missing, 1)}
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random_bytes", "missing_key"])
+def test_training_on_a_bad_file_names_file_and_record(tmp_path, kind):
+  path, index = _bad_files(tmp_path)[kind]
+  good = _write(str(tmp_path / "good.tfrecord"), [tfexample.serialize(_good(9))])
+  options = _options(str(tmp_path / "*.tfrecord"), batch_size=1)
+  del options.file_pattern[:]
+  options.file_pattern.extend([good, path])
+  problem = "feature image/height is missing" if kind == "missing_key" else "truncated or corrupt"
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=rf"(?s){problem}.*\[{path}\] \[record\] \[{index}\]"):
+    _take(reader.build_dataset(options, True, deterministic=True), 6)
+
+
+def test_training_skips_and_counts_bad_records(tmp_path):
+  bad = _bad_files(tmp_path)
+  _write(str(tmp_path / "good.tfrecord"), [tfexample.serialize(_good(9))])
+  options = _options(str(tmp_path / "*.tfrecord"), batch_size=1)
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    _take(reader.build_dataset(options, True, deterministic=True), 8)
+  samples = _take(reader.build_dataset(options, True, deterministic=True, skip_bad_records=True), 8)
+  # An epoch has 5 good records (cut: 2, missing: 2, good: 1) and one bad record per bad file.
+  epochs = [int(s["input_position"][0, 0]) for s in samples]
+  assert epochs == [0] * 5 + [1] * 3
+  # Dropped records are counted in the sample after them: all of epoch 0's, and those of
+  # epoch 1 that came before its first sample (all of them bad, so its position counts them).
+  skipped = [int(s["skipped_records"][0]) for s in samples]
+  assert sum(skipped[:6]) == len(bad) + int(samples[5]["input_position"][0, 1]) - 1
+
+
 def test_no_files_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="No files match"):
     reader.list_files(str(tmp_path / "nothing-*.tfrecord"))
@@ -158,6 +223,23 @@ def test_png_semantic_label_becomes_panoptic_without_instances(tmp_path):
       semantic_png=tfexample.encode_image(semantic, "png"))
   decoded = reader.decode_record(tfexample.serialize(features), SYNTHETIC)
   np.testing.assert_array_equal(decoded["label"].numpy()[..., 0], semantic.astype(int) * 256)
+
+
+def test_png_label_of_another_size_is_rejected_naming_the_record(tmp_path):
+  good = tfexample.make_features(
+      tfexample.encode_image(np.zeros((4, 6, 3), np.uint8), "png"), "png", "ok",
+      semantic_png=tfexample.encode_image(np.ones((4, 6), np.uint8), "png"))
+  stretched = dict(good, **{tfexample.KEY_ENCODED_LABEL:  # make_features would refuse it
+                            tfexample.encode_image(np.ones((2, 3), np.uint8), "png")})
+  path = _write(str(tmp_path / "sem-00000-of-00001.tfrecord"),
+                [tfexample.serialize(good), tfexample.serialize(stretched)])
+  with pytest.raises(reader.RecordError,
+                     match=r"sem-00000-of-00001.tfrecord: record 1: \[PNG label size\] \[2 3\]"):
+    reader.validate_records([path], SYNTHETIC)
+  options = _options(path, batch_size=1)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"(?s)PNG label size.*sem-00000-of-00001.tfrecord.*record.*1"):
+    _take(reader.build_dataset(options, False), 2)
 
 
 def test_cli_parses_data_commands():

@@ -180,7 +180,16 @@ from kmax_tf.protos import trainer_pb2
 from kmax_tf.trainer import optimizer as optimizer_lib, runner
 keras.config.set_floatx("float64")
 rng = np.random.default_rng(0)
-batch = {"image": rng.uniform(0, 255, (4, 5, 5, 3)), "target": rng.normal(size=(4, 2))}
+batch = {"image": rng.uniform(0, 255, (4, 5, 5, 3)), "target": rng.normal(size=(4, 2)),
+         "input_position": np.zeros((4, 4), np.int64), "skipped_records": np.zeros(4, np.int64)}
+
+def dataset_fn(input_context=None, **unused):
+  data = tf.data.Dataset.from_tensor_slices(batch)
+  replicas = 1
+  if input_context is not None:
+    replicas = input_context.num_replicas_in_sync
+    data = data.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  return data.batch(4 // replicas).repeat()
 
 def loss(inputs, outputs):
   squared = tf.square(outputs - inputs["target"])
@@ -202,7 +211,7 @@ def train(strategy, kind, jit_compile=False):
     global_step = orbit.utils.create_global_step()
   trainer = runner.KMaXTrainer(
       strategy=strategy, model=model, loss=loss, loss_names=("total_loss",),
-      optimizers=optimizers, train_dataset=tf.data.Dataset.from_tensors(batch).repeat(),
+      optimizers=optimizers, train_dataset=dataset_fn,
       global_step=global_step, total_steps=3, jit_compile=jit_compile)
   logs = trainer.train(tf.constant(3))
   result = {v.path: v.numpy() for v in model.weights}

@@ -140,3 +140,35 @@ def test_gradient_clipping_uses_one_norm_over_both_optimizers():
     expected = before[variable.path] - 5e-4 * gradients[id(variable)] * 0.5 / global_norm
     np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-5, atol=1e-8,
                                err_msg=variable.path)
+
+
+def test_loss_scaled_optimizers_skip_together_and_clip_true_gradients():
+  """A non-finite gradient in one optimizer's share skips the step of both (their scales stay
+  equal); clipping measures the unscaled gradients."""
+  model = _toy_model()
+  backbone_variables = model.get_layer("conv").trainable_variables
+  solver = _solver(optimizer="sgd", warmup_steps=0, backbone_learning_rate_multiplier=1.0,
+                   use_gradient_clipping=True, clip_gradient_norm=0.5)
+  optimizers = optimizer_lib.build_optimizers(solver, model.trainable_variables,
+                                              backbone_variables, loss_scale=True)
+  assert isinstance(optimizers.backbone, keras.optimizers.LossScaleOptimizer)
+  scale = float(optimizers.main.dynamic_scale.numpy())
+  assert float(optimizers.scale_loss(tf.constant(2.0))) == 2.0 * scale
+  before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+  rng = np.random.default_rng(2)
+  gradients = {id(v): rng.normal(size=v.shape).astype(np.float32)
+               for v in model.trainable_variables}
+  poisoned = dict(gradients)
+  poisoned[id(backbone_variables[0])] = np.full(backbone_variables[0].shape, np.inf, np.float32)
+  optimizers.apply_gradients({k: g * scale for k, g in poisoned.items()})
+  for variable in model.trainable_variables:
+    np.testing.assert_array_equal(variable.numpy(), before[variable.path])
+  assert float(optimizers.main.dynamic_scale.numpy()) == scale / 2
+  assert float(optimizers.backbone.dynamic_scale.numpy()) == scale / 2
+  scale /= 2
+  global_norm = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in gradients.values()))
+  optimizers.apply_gradients({k: g * scale for k, g in gradients.items()})
+  for variable in model.trainable_variables:
+    expected = before[variable.path] - 5e-4 * gradients[id(variable)] * 0.5 / global_norm
+    np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-4, atol=1e-8,
+                               err_msg=variable.path)

@@ -5,6 +5,7 @@ that a run can be killed with SIGKILL and restarted.
 """
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -140,6 +141,47 @@ def test_sigkill_and_restart_ends_with_the_same_weights(data_dir, uninterrupted_
     np.testing.assert_allclose(resumed[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def test_checkpoint_keeps_the_input_position_not_the_pipeline_buffers(uninterrupted_run):
+  """The input stream is resumed from a seed and (epoch, position): a few bytes per checkpoint."""
+  reader = tf.train.load_checkpoint(str(uninterrupted_run[0] / "micro" / "ckpt-12"))
+  shapes = reader.get_variable_to_shape_map()
+  assert not [name for name in shapes if "iterator" in name]
+  # 12 steps of batch 2 on 8 records: epoch 2 was read to its end; the seed is --seed.
+  state = reader.get_tensor("input_state/.ATTRIBUTES/VARIABLE_VALUE")
+  assert state.tolist() == [7, 2, 8, 0, 0]
+  weights = ("model/", "optimizer/", "backbone_optimizer/", "_CHECKPOINTABLE_OBJECT_GRAPH")
+  other = {name: reader.get_tensor(name).nbytes for name in shapes
+           if not name.startswith(weights)}
+  assert sum(other.values()) < 1024, other
+
+
+def test_skip_bad_records_trains_and_counts_them(data_dir, tmp_path):
+  bad_dir = tmp_path / "data"
+  bad_dir.mkdir()
+  for path in data_dir.glob("*.tfrecord"):
+    (bad_dir / path.name).write_bytes(path.read_bytes())
+  (bad_dir / "train-zz-noise.tfrecord").write_bytes(np.random.default_rng(0).bytes(4000))
+  model_dir = tmp_path / "run"
+  # Without the flag the run would stop naming the file (tests/data/test_reader.py).
+  command = _train_command(bad_dir, model_dir, "--max_steps=6", "--skip_bad_records")
+  # TensorFlow's warnings (level 1) name each dropped record.
+  result = subprocess.run(command, env=dict(_environment(), TF_CPP_MIN_LOG_LEVEL="1"),
+                          capture_output=True, text=True, timeout=900, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(r"truncated or corrupt record.*train-zz-noise.tfrecord\] \[record\] \[0\]",
+                   result.stderr), result.stderr[-3000:]
+  # 6 steps of batch 2 take all 8 good records of epoch 0 and 4 of epoch 1: the noise file's
+  # record of epoch 0 was dropped, the one of epoch 1 may have been.
+  [logged] = re.findall(r"step 6/6 .* skipped (\d+) bad records", result.stderr)
+  counts = {}
+  for event_file in (model_dir / "micro" / "train").glob("events.out.tfevents.*"):
+    for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+      for value in event.summary.value:
+        if value.tag == "input/skipped_bad_records":
+          counts[event.step] = int(tf.make_ndarray(value.tensor))
+  assert counts[6] == int(logged) and int(logged) in (1, 2), (logged, counts)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_dir, tmp_path):
   config = (pathlib.Path(_MICRO).read_text()
             .replace("base_learning_rate: 0.001", "base_learning_rate: 1e+30"))
@@ -207,3 +249,24 @@ def test_continuous_eval_evaluates_each_new_checkpoint(data_dir, tmp_path):
               "images/panoptic_prediction_0", "images/panoptic_prediction_1"):
     assert tags.get(tag) == [2, 4], (tag, tags)
   assert "images/panoptic_prediction_2" not in tags  # The eval split has two images.
+
+
+def test_unwritable_model_dir_fails_before_the_model_is_built(tmp_path, monkeypatch):
+  from kmax_tf import config
+  from kmax_tf.model import builder
+  from kmax_tf.trainer import train_lib
+
+  def build_model(options):
+    raise AssertionError("the model must not be built for an unwritable model_dir")
+
+  monkeypatch.setattr(builder, "build_model", build_model)
+  (tmp_path / "a_file").write_text("")
+  model_dir = tmp_path / "a_file" / "runs"  # A directory cannot be made under a file.
+  options = config.load_config(_MICRO, {"DATA_DIR": str(tmp_path), "EXPERIMENT_NAME": "micro"})
+  for mode in ("train", "eval"):
+    with pytest.raises(train_lib.ModelDirError, match=r"cannot write to .*a_file/runs/micro"):
+      train_lib.run_experiment(mode, options, str(model_dir))
+  result = subprocess.run(_train_command(tmp_path, model_dir), env=_environment(),
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "--model_dir: cannot write to" in result.stderr.strip().splitlines()[-1]
