@@ -9,9 +9,10 @@ process, deeplab2 on tf_keras and kmax-tf on Keras 3. One JSON line.
 - deeplab2: `model(image, training=False)` (network + its post-processor) in a `tf.function`,
   float32 `[1, S, S, 3]`, every output fetched; the model is built for an S x S crop (its
   post-processor works at the crop size) and randomised as in `vs_deeplab2.py`.
-- kmax-tf: `kmax-tf export`'s SavedModel (written with `export.save_model`, loaded with
-  `tf.saved_model.load`), signature `serving_default`, uint8 `[S, S, 3]`, every output fetched;
-  the weights are deeplab2's random ones converted, so both post-process the same predictions.
+- kmax-tf: `kmax-tf export`'s SavedModel (`export.export_saved_model` of a kmax-tf checkpoint,
+  loaded with `tf.saved_model.load`), signature `serving_default`, uint8 `[S, S, 3]`, every
+  output fetched; the weights are deeplab2's random ones converted, so both post-process the
+  same predictions.
 
 Each round times one call of each, alternating which goes first, after one warm-up call of
 each; medians over the rounds and their ratio (kmax-tf / deeplab2). `kmax_tf_op_seconds` is one
@@ -56,20 +57,24 @@ def _build_deeplab2(config_file, size, rng):
 
 
 def _export_kmax_tf(config_file, deeplab2_model, output_dir):
-  """kmax-tf's SavedModel with `deeplab2_model`'s weights; returns (loaded, network scope)."""
+  """`kmax-tf export` of `deeplab2_model`'s weights (converted to a kmax-tf checkpoint);
+  returns (the loaded `serving_default`, the network's name scope)."""
   # pylint: disable=import-outside-toplevel
   from kmax_tf import config as kmax_config
   from kmax_tf import convert_deeplab2
   from kmax_tf import export
   from kmax_tf.model import builder
+  from kmax_tf.trainer import checkpoints
 
-  options = export.inference_options(kmax_config.load_config(
-      config_file, {"DATA_DIR": "unused", "EXPERIMENT_NAME": "unused"}, validate=False))
+  options = kmax_config.load_config(
+      config_file, {"DATA_DIR": "unused", "EXPERIMENT_NAME": "unused"}, validate=False)
   model = builder.build_model(options)
   saved = tf.train.Checkpoint(**deeplab2_model.checkpoint_items).save(
-      os.path.join(output_dir, "deeplab2_ckpt"))
+      os.path.join(output_dir, "deeplab2", "ckpt"))
   convert_deeplab2.assign_from_deeplab2(model, saved)
-  export.save_model(model, options, os.path.join(output_dir, "saved_model"))
+  prefix = tf.train.Checkpoint(model=checkpoints.ModelVariables(model)).save(
+      os.path.join(output_dir, "kmax_tf", "ckpt"))
+  export.export_saved_model(options, prefix, os.path.join(output_dir, "saved_model"))
   loaded = tf.saved_model.load(os.path.join(output_dir, "saved_model"))
   return loaded.signatures[export.DEFAULT_SIGNATURE], model.name
 

@@ -10,6 +10,10 @@ the proto default), but batched and with static shapes only, so one function run
 - deeplab2's area filters use `tf.math.bincount`, whose output size is data dependent (XLA
   rejects it). Areas here are `unsorted_segment_sum`s with a compile-time number of segments
   (N + 1 mask ids, or the largest class id + 2 for stuff classes).
+- With a pixel confidence threshold of at least 1/3 (0.4 in every kMaX config) a pixel lies in
+  at most two binary masks, and the merge needs only each pixel's two most probable slots: no
+  `[B, H, W, N]` mask stack is gathered, transposed or scanned N times
+  (`_maskwise_two_per_pixel`, same results).
 
 Class indices of `transformer_class_logits` follow the model contract: `thing_class_ids +
 stuff_class_ids` then one void logit, which is dropped before the argmax.
@@ -131,7 +135,9 @@ class PostProcessor:
     full_logits = geometry.resize_align_corners(mask_logits, output_size)  # [B, H, W, N]
 
     if self.options.method == "maskwise":
-      mask_id, confident, instance_scores, semantic_scores, class_pred_by_id = self._maskwise(
+      maskwise = (self._maskwise_two_per_pixel
+                  if self.options.pixel_confidence_threshold >= 1.0 / 3.0 else self._maskwise)
+      mask_id, confident, instance_scores, semantic_scores, class_pred_by_id = maskwise(
           mask_logits, full_logits, class_pred, class_conf)
     else:
       mask_id, confident, instance_scores, semantic_scores = self._pixelwise(
@@ -166,9 +172,11 @@ class PostProcessor:
           f"transformer_class_logits {class_logits.shape} must have {num_classes} classes "
           f"(things + stuff + void)")
 
-  def _maskwise(self, mask_logits, full_logits, class_pred, class_conf):
+  def _ranking(self, mask_logits, class_pred, class_conf):
+    """Slot order of the mask-wise merge: `order [B, N]` (slot of each rank), the ranked class
+    predictions and confidences `[B, N]`, whether each ranked slot has a confident class
+    `[B, N]`, and whether an image has any detection `[B]`."""
     opts = self.options
-    num_slots = mask_logits.shape[-1]
     # Mask quality at the logits' own resolution: mean probability over the mask's pixels.
     low_probs = tf.nn.softmax(mask_logits, axis=-1)
     low_masks = tf.cast(low_probs > opts.pixel_confidence_threshold, tf.float32)
@@ -182,15 +190,76 @@ class PostProcessor:
     has_detection = tf.reduce_any(
         (class_conf >= opts.thing_confidence_threshold) |
         (class_conf >= opts.stuff_confidence_threshold), axis=-1)  # [B]
+    is_thing = ranked_pred < len(self.thing_class_ids)
+    confident_class = tf.where(is_thing, ranked_conf >= opts.thing_confidence_threshold,
+                               ranked_conf >= opts.stuff_confidence_threshold)  # [B, N]
+    return order, ranked_pred, ranked_conf, confident_class, has_detection
 
+  def _maskwise_two_per_pixel(self, mask_logits, full_logits, class_pred, class_conf):
+    """`_maskwise` for a pixel confidence threshold t >= 1/3, with the same results.
+
+    Probabilities sum to 1, so a pixel lies in at most two binary masks (p > t), its two most
+    probable slots. The full-resolution work is then a top-2 and a softmax denominator per pixel;
+    the sequential keep decisions need only each mask's area and, per pair of masks, the number
+    of pixels they share (`[B, N, N]`): a mask's pixels taken by an earlier kept mask are
+    exactly those it shares with one.
+    """
+    opts = self.options
+    num_slots = mask_logits.shape[-1]
+    order, ranked_pred, ranked_conf, confident_class, has_detection = self._ranking(
+        mask_logits, class_pred, class_conf)
+    top_logits, top_slots = tf.math.top_k(full_logits, k=2)  # [B, H, W, 2]
+    # The softmax of the two top slots, computed as tf.nn.softmax does: exp(x - max) / sum.
+    denominator = tf.reduce_sum(tf.exp(full_logits - top_logits[..., :1]), axis=-1,
+                                keepdims=True)
+    top_probs = tf.exp(top_logits - top_logits[..., :1]) / denominator  # [B, H, W, 2]
+    in_mask = top_probs > opts.pixel_confidence_threshold
+    rank_of_slot = tf.argsort(order, axis=-1, stable=True)  # inverse permutation
+    top_ranks = tf.gather(rank_of_slot, top_slots, batch_dims=1)  # [B, H, W, 2]
+
+    batch = tf.shape(full_logits)[0]
+    image = tf.range(batch)[:, None, None, None]
+    areas = tf.math.unsorted_segment_sum(
+        tf.cast(in_mask, tf.float32), image * num_slots + top_ranks,
+        batch * num_slots)  # [B * N]
+    areas = tf.reshape(areas, [batch, num_slots])
+    # Pairs counted at [earlier rank, later rank].
+    shared = in_mask[..., 1]
+    first, second = tf.reduce_min(top_ranks, -1), tf.reduce_max(top_ranks, -1)
+    pair_counts = tf.math.unsorted_segment_sum(
+        tf.cast(shared, tf.float32), (image[..., 0] * num_slots + first) * num_slots + second,
+        batch * num_slots * num_slots)
+    pair_counts = tf.reshape(pair_counts, [batch, num_slots, num_slots])
+
+    def body(rank, kept):
+      taken = tf.reduce_sum(pair_counts[:, :, rank] * tf.cast(kept, tf.float32), axis=-1)
+      keep = ((areas[:, rank] - taken > areas[:, rank] * opts.overlapping_threshold) &
+              confident_class[:, rank])
+      kept = kept | (tf.one_hot(rank, num_slots, on_value=True, off_value=False)[None, :] &
+                     keep[:, None])
+      return rank + 1, kept
+
+    _, kept = tf.while_loop(lambda rank, _: rank < num_slots, body,
+                            (tf.constant(0), tf.zeros_like(confident_class)))
+    pasted = in_mask & tf.gather(kept, top_ranks, batch_dims=1)  # [B, H, W, 2]
+    confident = tf.reduce_any(pasted, axis=-1)
+    # The owner is the earlier-ranked of the pixel's kept masks.
+    mask_id = tf.where(confident, tf.reduce_min(
+        tf.where(pasted, top_ranks, num_slots), axis=-1), 0)
+    semantic_scores = tf.where(confident, tf.gather(ranked_conf, mask_id, batch_dims=1), 0.0)
+    instance_scores = tf.where(has_detection[:, None, None], top_probs[..., 0], 0.0)
+    return mask_id, confident, instance_scores, semantic_scores, ranked_pred
+
+  def _maskwise(self, mask_logits, full_logits, class_pred, class_conf):
+    opts = self.options
+    num_slots = mask_logits.shape[-1]
+    order, ranked_pred, ranked_conf, confident_class, has_detection = self._ranking(
+        mask_logits, class_pred, class_conf)
     probs = tf.nn.softmax(full_logits, axis=-1)
     # [N, B, H, W] in rank order, so the loop reads contiguous slices.
     ranked_masks = tf.transpose(
         tf.gather(probs > opts.pixel_confidence_threshold, order, axis=3, batch_dims=1),
         [3, 0, 1, 2])
-    is_thing = ranked_pred < len(self.thing_class_ids)
-    confident_class = tf.where(is_thing, ranked_conf >= opts.thing_confidence_threshold,
-                               ranked_conf >= opts.stuff_confidence_threshold)  # [B, N]
     areas = tf.reduce_sum(tf.cast(ranked_masks, tf.float32), axis=[2, 3])  # [N, B]
 
     def body(rank, occupied, kept):
