@@ -15,7 +15,10 @@ process, deeplab2 on tf_keras and kmax-tf on Keras 3. One JSON line.
   same predictions.
 
 Each round times one call of each, alternating which goes first, after one warm-up call of
-each; medians over the rounds and their ratio (kmax-tf / deeplab2). `kmax_tf_op_seconds` is one
+each; medians over the rounds and their ratio (kmax-tf / deeplab2). `panoptic_pred_agreement`
+is the fraction of pixels where both give the same `panoptic_pred`, `max_abs_logit_diff` the
+largest difference of the mask and class logits (random weights whose batch norms do not
+normalise make large logits: compare with `vs_deeplab2.py`'s noise floor, not with 0). `kmax_tf_op_seconds` is one
 profiled serving call split by op type (conv, matmul/einsum, elementwise, resize inside the
 network; `post_processing` is every op outside it: the post-processor, the input checks, padding
 and cropping), `kmax_tf_top_ops` its largest op types. `load_average` is the 1-minute load before
@@ -37,6 +40,7 @@ import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-order
 import op_profile  # benchmarks/op_profile.py  # noqa: E402
 
 _DEFAULT_CONFIG = "coco/kmax_deeplab/kmax_meta_r50_os32.textproto"
+_LOGITS = ("pixel_space_mask_logits", "transformer_class_logits")
 
 
 def _fetch_all(outputs):
@@ -127,10 +131,15 @@ def main(argv=None):
         return _fetch_all(fn(x))
 
       ours_s, theirs_s = _alternating_medians(run_ours, run_theirs, args.rounds)
+      ours_out, theirs_out = serving(input_tensor=ours_input), theirs(theirs_input)
       by_category, by_op = op_profile.profile(run_ours, network_scope)
       result["sizes"][str(size)] = {
           "deeplab2_s": round(theirs_s, 4), "kmax_tf_s": round(ours_s, 4),
           "ratio": round(ours_s / theirs_s, 3),
+          "panoptic_pred_agreement": float(np.mean(
+              ours_out["panoptic_pred"].numpy() == theirs_out["panoptic_pred"].numpy())),
+          "max_abs_logit_diff": {key: float(np.max(np.abs(ours_out[key] - theirs_out[key])))
+                                 for key in _LOGITS},
           "kmax_tf_op_seconds": {k: round(v, 4) for k, v in by_category.items()},
           "kmax_tf_top_ops": [[op, round(seconds, 4)] for op, seconds in by_op[:10]]}
   result["load_average_after"] = os.getloadavg()[0]

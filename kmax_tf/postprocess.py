@@ -10,9 +10,9 @@ the proto default), but batched and with static shapes only, so one function run
 - deeplab2's area filters use `tf.math.bincount`, whose output size is data dependent (XLA
   rejects it). Areas here are `unsorted_segment_sum`s with a compile-time number of segments
   (N + 1 mask ids, or the largest class id + 2 for stuff classes).
-- With a pixel confidence threshold of at least 1/3 (0.4 in every kMaX config) a pixel lies in
-  at most two binary masks, and the merge needs only each pixel's two most probable slots: no
-  `[B, H, W, N]` mask stack is gathered, transposed or scanned N times
+- With a pixel confidence threshold above 1/3 (0.4 in every kMaX config) a pixel lies in
+  at most two binary masks, and the merge needs only those two per pixel and overlap counts
+  per pair of masks: no `[B, H, W, N]` mask stack is gathered, transposed or scanned N times
   (`_maskwise_two_per_pixel`, same results).
 
 Class indices of `transformer_class_logits` follow the model contract: `thing_class_ids +
@@ -29,6 +29,9 @@ from kmax_tf import geometry
 
 # deeplab2's logit for slots removed by the class threshold in pixel-wise mode (softmax -> 0).
 _REMOVED_SLOT_LOGIT = -99999.0
+# From this pixel confidence threshold on a pixel lies in at most two binary masks (p > t), even
+# with float32 rounding of the softmax (1/3 would be exact arithmetic's bound).
+_TWO_MASKS_THRESHOLD = 0.34
 _INTEGER_KEYS = ("panoptic_pred", "semantic_pred", "instance_pred")
 _SCORE_KEYS = ("semantic_scores", "instance_scores")
 
@@ -136,7 +139,8 @@ class PostProcessor:
 
     if self.options.method == "maskwise":
       maskwise = (self._maskwise_two_per_pixel
-                  if self.options.pixel_confidence_threshold >= 1.0 / 3.0 else self._maskwise)
+                  if self.options.pixel_confidence_threshold >= _TWO_MASKS_THRESHOLD
+                  else self._maskwise)
       mask_id, confident, instance_scores, semantic_scores, class_pred_by_id = maskwise(
           mask_logits, full_logits, class_pred, class_conf)
     else:
@@ -196,26 +200,35 @@ class PostProcessor:
     return order, ranked_pred, ranked_conf, confident_class, has_detection
 
   def _maskwise_two_per_pixel(self, mask_logits, full_logits, class_pred, class_conf):
-    """`_maskwise` for a pixel confidence threshold t >= 1/3, with the same results.
+    """`_maskwise` for a pixel confidence threshold t > 1/3, with the same results.
 
-    Probabilities sum to 1, so a pixel lies in at most two binary masks (p > t), its two most
-    probable slots. The full-resolution work is then a top-2 and a softmax denominator per pixel;
-    the sequential keep decisions need only each mask's area and, per pair of masks, the number
-    of pixels they share (`[B, N, N]`): a mask's pixels taken by an earlier kept mask are
-    exactly those it shares with one.
+    Probabilities sum to 1, so a pixel lies in at most two binary masks (p > t). The sequential
+    keep decisions then need only each mask's area and, per pair of masks, the number of pixels
+    they share (`[B, N, N]`): the pixels of a mask taken by earlier kept masks are exactly those
+    it shares with one. Which masks a pixel lies in comes from one matrix product of its binary
+    masks with (1, rank, rank^2): the count and the sum and sum of squares of (at most two)
+    ranks, which give both ranks exactly (small integers in float32). No `[B, H, W, N]` stack
+    is gathered, transposed or scanned N times, and TensorFlow's CPU top-k, slower than the
+    rest together, is not needed.
     """
     opts = self.options
     num_slots = mask_logits.shape[-1]
     order, ranked_pred, ranked_conf, confident_class, has_detection = self._ranking(
         mask_logits, class_pred, class_conf)
-    top_logits, top_slots = tf.math.top_k(full_logits, k=2)  # [B, H, W, 2]
-    # The softmax of the two top slots, computed as tf.nn.softmax does: exp(x - max) / sum.
-    denominator = tf.reduce_sum(tf.exp(full_logits - top_logits[..., :1]), axis=-1,
-                                keepdims=True)
-    top_probs = tf.exp(top_logits - top_logits[..., :1]) / denominator  # [B, H, W, 2]
-    in_mask = top_probs > opts.pixel_confidence_threshold
-    rank_of_slot = tf.argsort(order, axis=-1, stable=True)  # inverse permutation
-    top_ranks = tf.gather(rank_of_slot, top_slots, batch_dims=1)  # [B, H, W, 2]
+    probs = tf.nn.softmax(full_logits, axis=-1)
+    rank_of_slot = tf.cast(tf.argsort(order, axis=-1, stable=True), tf.float32)  # [B, N]
+    powers = tf.stack([tf.ones_like(rank_of_slot), rank_of_slot, tf.square(rank_of_slot)], -1)
+    moments = tf.einsum("bhwn,bnk->bhwk", tf.cast(probs > opts.pixel_confidence_threshold,
+                                                  tf.float32), powers)  # [B, H, W, 3]
+    count, total, total_squares = tf.unstack(moments, axis=-1)
+    # Two ranks a <= b with a + b = total and a^2 + b^2 = total_squares: b - a = sqrt(2 *
+    # total_squares - total^2), exact for these integers; one rank is `total` itself.
+    spread = tf.sqrt(tf.maximum(2.0 * total_squares - tf.square(total), 0.0))
+    two = count > 1.5
+    first = tf.where(two, (total - spread) / 2.0, total)
+    second = tf.where(two, (total + spread) / 2.0, total)
+    top_ranks = tf.cast(tf.round(tf.stack([first, second], -1)), tf.int32)  # [B, H, W, 2]
+    in_mask = tf.stack([count > 0.5, two], -1)  # [B, H, W, 2]
 
     batch = tf.shape(full_logits)[0]
     image = tf.range(batch)[:, None, None, None]
@@ -223,11 +236,9 @@ class PostProcessor:
         tf.cast(in_mask, tf.float32), image * num_slots + top_ranks,
         batch * num_slots)  # [B * N]
     areas = tf.reshape(areas, [batch, num_slots])
-    # Pairs counted at [earlier rank, later rank].
-    shared = in_mask[..., 1]
-    first, second = tf.reduce_min(top_ranks, -1), tf.reduce_max(top_ranks, -1)
     pair_counts = tf.math.unsorted_segment_sum(
-        tf.cast(shared, tf.float32), (image[..., 0] * num_slots + first) * num_slots + second,
+        tf.cast(two, tf.float32),
+        (image[..., 0] * num_slots + top_ranks[..., 0]) * num_slots + top_ranks[..., 1],
         batch * num_slots * num_slots)
     pair_counts = tf.reshape(pair_counts, [batch, num_slots, num_slots])
 
@@ -247,7 +258,7 @@ class PostProcessor:
     mask_id = tf.where(confident, tf.reduce_min(
         tf.where(pasted, top_ranks, num_slots), axis=-1), 0)
     semantic_scores = tf.where(confident, tf.gather(ranked_conf, mask_id, batch_dims=1), 0.0)
-    instance_scores = tf.where(has_detection[:, None, None], top_probs[..., 0], 0.0)
+    instance_scores = tf.where(has_detection[:, None, None], tf.reduce_max(probs, axis=-1), 0.0)
     return mask_id, confident, instance_scores, semantic_scores, ranked_pred
 
   def _maskwise(self, mask_logits, full_logits, class_pred, class_conf):

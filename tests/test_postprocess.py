@@ -246,7 +246,7 @@ def test_undo_padding_crops_then_resizes_nearest():
   assert out["other"] == "kept"
 
 
-@pytest.mark.parametrize("threshold", [1.0 / 3.0, 0.4, 0.6])
+@pytest.mark.parametrize("threshold", [0.34, 0.4, 0.6])
 def test_two_masks_per_pixel_path_equals_the_general_merge(threshold):
   opts = postprocess.PostProcessingOptions(
       pixel_confidence_threshold=threshold, thing_confidence_threshold=0.2,
