@@ -100,7 +100,7 @@ class InferenceModel:
     padded_size = (tf.shape(mask_logits)[1:3] - 1) * stride + 1
     predictions = self.postprocessor(mask_logits, outputs["transformer_class_logits"],
                                      output_size=padded_size)
-    predictions = postprocess.undo_padding(predictions, size, size)
+    predictions = postprocess.crop_padding(predictions, size)
     predictions.update({key: outputs[key] for key in RAW_OUTPUT_KEYS if key in outputs})
     return predictions
 

@@ -344,6 +344,16 @@ def _area_at_least(index_map: tf.Tensor, num_values: int, limit: int) -> tf.Tens
   return tf.gather(counts, index_map + offsets) >= limit
 
 
+def crop_padding(predictions: Mapping[str, tf.Tensor], size) -> dict[str, tf.Tensor]:
+  """Crops the `[B, H, W]` post-processing outputs of `predictions` to `size` (the un-padded
+  input's height and width, ints or an int32 tensor); other keys pass through unchanged."""
+  cropped = dict(predictions)
+  for key in _INTEGER_KEYS + _SCORE_KEYS:
+    if key in predictions:
+      cropped[key] = predictions[key][:, :size[0], :size[1]]
+  return cropped
+
+
 def undo_padding(predictions: Mapping[str, tf.Tensor], valid_size: Sequence[int],
                  raw_size: Sequence[int]) -> dict[str, tf.Tensor]:
   """Crops `[B, H, W]` predictions to the un-padded `valid_size` and resizes them to `raw_size`.
@@ -351,10 +361,9 @@ def undo_padding(predictions: Mapping[str, tf.Tensor], valid_size: Sequence[int]
   Nearest neighbour (align_corners, as deeplab2) for ids and scores alike; keys other than the
   five post-processing outputs are passed through unchanged.
   """
-  restored = dict(predictions)
+  restored = crop_padding(predictions, valid_size)
   for key in _INTEGER_KEYS + _SCORE_KEYS:
-    if key not in predictions:
-      continue
-    value = predictions[key][:, :valid_size[0], :valid_size[1], None]
-    restored[key] = geometry.resize_align_corners(value, raw_size, method="nearest")[..., 0]
+    if key in predictions:
+      restored[key] = geometry.resize_align_corners(restored[key][..., None], raw_size,
+                                                    method="nearest")[..., 0]
   return restored

@@ -246,6 +246,14 @@ def test_undo_padding_crops_then_resizes_nearest():
   assert out["other"] == "kept"
 
 
+def test_crop_padding_crops_only_the_maps():
+  panoptic = np.arange(2 * 9 * 9, dtype=np.int32).reshape(2, 9, 9)
+  size = tf.constant([5, 3])
+  out = postprocess.crop_padding({"panoptic_pred": tf.constant(panoptic), "other": "kept"}, size)
+  np.testing.assert_array_equal(out["panoptic_pred"].numpy(), panoptic[:, :5, :3])
+  assert out["other"] == "kept"
+
+
 @pytest.mark.parametrize("threshold", [0.34, 0.4, 0.6])
 def test_two_masks_per_pixel_path_equals_the_general_merge(threshold):
   opts = postprocess.PostProcessingOptions(
