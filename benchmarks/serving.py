@@ -47,7 +47,9 @@ def _fetch_all(outputs):
   return [value.numpy() for value in tf.nest.flatten(outputs)]
 
 
-def _build_deeplab2(config_file, size, rng):
+def _build_deeplab2(config_file, size, rng, weights_of=None):
+  """deeplab2's model for an S x S crop, randomised, or with the weights of `weights_of` (the
+  model of another crop: the variables do not depend on the crop)."""
   # pylint: disable=import-outside-toplevel
   from deeplab2.data import dataset as deeplab2_dataset
   from deeplab2.model import kmax_deeplab as deeplab2_kmax
@@ -56,7 +58,11 @@ def _build_deeplab2(config_file, size, rng):
   descriptor = deeplab2_dataset.MAP_NAME_TO_DATASET_INFO[options.train_dataset_options.dataset]
   model = deeplab2_kmax.KMaXDeepLab(options, descriptor)
   model(tf.keras.Input([size, size, 3], batch_size=1), training=False)
-  vs_deeplab2._randomise(model.weights, rng)  # pylint: disable=protected-access
+  if weights_of is None:
+    vs_deeplab2._randomise(model.weights, rng)  # pylint: disable=protected-access
+  else:
+    for variable, source in zip(model.weights, weights_of.weights, strict=True):
+      variable.assign(source)
   return model
 
 
@@ -114,10 +120,11 @@ def main(argv=None):
             "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
             "rounds": args.rounds, "load_average_before": os.getloadavg()[0], "sizes": {}}
   with tempfile.TemporaryDirectory() as tmp:
-    serving = network_scope = None
+    serving = network_scope = first_model = None
     for size in args.sizes:
-      deeplab2_model = _build_deeplab2(config_file, size, rng)
+      deeplab2_model = _build_deeplab2(config_file, size, rng, first_model)
       if serving is None:  # one export serves every size
+        first_model = deeplab2_model
         serving, network_scope = _export_kmax_tf(config_file, deeplab2_model, tmp)
       image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
       ours_input = tf.constant(image)
