@@ -30,6 +30,7 @@ import os
 import tensorflow as tf
 
 from kmax_tf.model import builder
+from kmax_tf.model import fold_batch_norm
 from kmax_tf import postprocess
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -49,8 +50,9 @@ def inference_options(options):
 
 
 def build_inference_model(options, checkpoint: str):
-  """Builds the model of `options` for inference and loads a kmax-tf training checkpoint
-  (a prefix or a directory holding checkpoints)."""
+  """Builds the model of `options` for inference, loads a kmax-tf training checkpoint (a prefix
+  or a directory holding checkpoints) and folds its batch norms into the convolutions
+  (`fold_batch_norm`: the model is for inference only)."""
   from kmax_tf.trainer import checkpoints  # pylint: disable=import-outside-toplevel
   path = tf.train.latest_checkpoint(checkpoint) if tf.io.gfile.isdir(checkpoint) else checkpoint
   if path is None:
@@ -59,6 +61,7 @@ def build_inference_model(options, checkpoint: str):
     raise FileNotFoundError(f"No checkpoint {path} ({path}.index is missing)")
   model = builder.build_model(inference_options(options))
   checkpoints.restore_model_variables(model, path)
+  fold_batch_norm.fold_batch_norms(model)
   return model
 
 
@@ -97,7 +100,7 @@ class InferenceModel:
     padded_size = (tf.shape(mask_logits)[1:3] - 1) * stride + 1
     predictions = self.postprocessor(mask_logits, outputs["transformer_class_logits"],
                                      output_size=padded_size)
-    predictions = postprocess.undo_padding(predictions, size, size)
+    predictions = postprocess.crop_padding(predictions, size)
     predictions.update({key: outputs[key] for key in RAW_OUTPUT_KEYS if key in outputs})
     return predictions
 

@@ -10,6 +10,10 @@ the proto default), but batched and with static shapes only, so one function run
 - deeplab2's area filters use `tf.math.bincount`, whose output size is data dependent (XLA
   rejects it). Areas here are `unsorted_segment_sum`s with a compile-time number of segments
   (N + 1 mask ids, or the largest class id + 2 for stuff classes).
+- With a pixel confidence threshold above 1/3 (0.4 in every kMaX config) a pixel lies in
+  at most two binary masks, and the merge needs only those two per pixel and overlap counts
+  per pair of masks: no `[B, H, W, N]` mask stack is gathered, transposed or scanned N times
+  (`_maskwise_two_per_pixel`, same results).
 
 Class indices of `transformer_class_logits` follow the model contract: `thing_class_ids +
 stuff_class_ids` then one void logit, which is dropped before the argmax.
@@ -25,6 +29,9 @@ from kmax_tf import geometry
 
 # deeplab2's logit for slots removed by the class threshold in pixel-wise mode (softmax -> 0).
 _REMOVED_SLOT_LOGIT = -99999.0
+# From this pixel confidence threshold on a pixel lies in at most two binary masks (p > t), even
+# with float32 rounding of the softmax (1/3 would be exact arithmetic's bound).
+_TWO_MASKS_THRESHOLD = 0.34
 _INTEGER_KEYS = ("panoptic_pred", "semantic_pred", "instance_pred")
 _SCORE_KEYS = ("semantic_scores", "instance_scores")
 
@@ -131,7 +138,10 @@ class PostProcessor:
     full_logits = geometry.resize_align_corners(mask_logits, output_size)  # [B, H, W, N]
 
     if self.options.method == "maskwise":
-      mask_id, confident, instance_scores, semantic_scores, class_pred_by_id = self._maskwise(
+      maskwise = (self._maskwise_two_per_pixel
+                  if self.options.pixel_confidence_threshold >= _TWO_MASKS_THRESHOLD
+                  else self._maskwise)
+      mask_id, confident, instance_scores, semantic_scores, class_pred_by_id = maskwise(
           mask_logits, full_logits, class_pred, class_conf)
     else:
       mask_id, confident, instance_scores, semantic_scores = self._pixelwise(
@@ -166,9 +176,11 @@ class PostProcessor:
           f"transformer_class_logits {class_logits.shape} must have {num_classes} classes "
           f"(things + stuff + void)")
 
-  def _maskwise(self, mask_logits, full_logits, class_pred, class_conf):
+  def _ranking(self, mask_logits, class_pred, class_conf):
+    """Slot order of the mask-wise merge: `order [B, N]` (slot of each rank), the ranked class
+    predictions and confidences `[B, N]`, whether each ranked slot has a confident class
+    `[B, N]`, and whether an image has any detection `[B]`."""
     opts = self.options
-    num_slots = mask_logits.shape[-1]
     # Mask quality at the logits' own resolution: mean probability over the mask's pixels.
     low_probs = tf.nn.softmax(mask_logits, axis=-1)
     low_masks = tf.cast(low_probs > opts.pixel_confidence_threshold, tf.float32)
@@ -182,15 +194,83 @@ class PostProcessor:
     has_detection = tf.reduce_any(
         (class_conf >= opts.thing_confidence_threshold) |
         (class_conf >= opts.stuff_confidence_threshold), axis=-1)  # [B]
+    is_thing = ranked_pred < len(self.thing_class_ids)
+    confident_class = tf.where(is_thing, ranked_conf >= opts.thing_confidence_threshold,
+                               ranked_conf >= opts.stuff_confidence_threshold)  # [B, N]
+    return order, ranked_pred, ranked_conf, confident_class, has_detection
 
+  def _maskwise_two_per_pixel(self, mask_logits, full_logits, class_pred, class_conf):
+    """`_maskwise` for a pixel confidence threshold t > 1/3, with the same results.
+
+    Probabilities sum to 1, so a pixel lies in at most two binary masks (p > t). The sequential
+    keep decisions then need only each mask's area and, per pair of masks, the number of pixels
+    they share (`[B, N, N]`): the pixels of a mask taken by earlier kept masks are exactly those
+    it shares with one. Which masks a pixel lies in comes from one matrix product of its binary
+    masks with (1, rank, rank^2): the count and the sum and sum of squares of (at most two)
+    ranks, which give both ranks exactly (small integers in float32). No `[B, H, W, N]` stack
+    is gathered, transposed or scanned N times, and TensorFlow's CPU top-k, slower than the
+    rest together, is not needed.
+    """
+    opts = self.options
+    num_slots = mask_logits.shape[-1]
+    order, ranked_pred, ranked_conf, confident_class, has_detection = self._ranking(
+        mask_logits, class_pred, class_conf)
+    probs = tf.nn.softmax(full_logits, axis=-1)
+    rank_of_slot = tf.cast(tf.argsort(order, axis=-1, stable=True), tf.float32)  # [B, N]
+    powers = tf.stack([tf.ones_like(rank_of_slot), rank_of_slot, tf.square(rank_of_slot)], -1)
+    moments = tf.einsum("bhwn,bnk->bhwk", tf.cast(probs > opts.pixel_confidence_threshold,
+                                                  tf.float32), powers)  # [B, H, W, 3]
+    count, total, total_squares = tf.unstack(moments, axis=-1)
+    # Two ranks a <= b with a + b = total and a^2 + b^2 = total_squares: b - a = sqrt(2 *
+    # total_squares - total^2), exact for these integers; one rank is `total` itself.
+    spread = tf.sqrt(tf.maximum(2.0 * total_squares - tf.square(total), 0.0))
+    two = count > 1.5
+    first = tf.where(two, (total - spread) / 2.0, total)
+    second = tf.where(two, (total + spread) / 2.0, total)
+    top_ranks = tf.cast(tf.round(tf.stack([first, second], -1)), tf.int32)  # [B, H, W, 2]
+    in_mask = tf.stack([count > 0.5, two], -1)  # [B, H, W, 2]
+
+    batch = tf.shape(full_logits)[0]
+    image = tf.range(batch)[:, None, None, None]
+    areas = tf.math.unsorted_segment_sum(
+        tf.cast(in_mask, tf.float32), image * num_slots + top_ranks,
+        batch * num_slots)  # [B * N]
+    areas = tf.reshape(areas, [batch, num_slots])
+    pair_counts = tf.math.unsorted_segment_sum(
+        tf.cast(two, tf.float32),
+        (image[..., 0] * num_slots + top_ranks[..., 0]) * num_slots + top_ranks[..., 1],
+        batch * num_slots * num_slots)
+    pair_counts = tf.reshape(pair_counts, [batch, num_slots, num_slots])
+
+    def body(rank, kept):
+      taken = tf.reduce_sum(pair_counts[:, :, rank] * tf.cast(kept, tf.float32), axis=-1)
+      keep = ((areas[:, rank] - taken > areas[:, rank] * opts.overlapping_threshold) &
+              confident_class[:, rank])
+      kept = kept | (tf.one_hot(rank, num_slots, on_value=True, off_value=False)[None, :] &
+                     keep[:, None])
+      return rank + 1, kept
+
+    _, kept = tf.while_loop(lambda rank, _: rank < num_slots, body,
+                            (tf.constant(0), tf.zeros_like(confident_class)))
+    pasted = in_mask & tf.gather(kept, top_ranks, batch_dims=1)  # [B, H, W, 2]
+    confident = tf.reduce_any(pasted, axis=-1)
+    # The owner is the earlier-ranked of the pixel's kept masks.
+    mask_id = tf.where(confident, tf.reduce_min(
+        tf.where(pasted, top_ranks, num_slots), axis=-1), 0)
+    semantic_scores = tf.where(confident, tf.gather(ranked_conf, mask_id, batch_dims=1), 0.0)
+    instance_scores = tf.where(has_detection[:, None, None], tf.reduce_max(probs, axis=-1), 0.0)
+    return mask_id, confident, instance_scores, semantic_scores, ranked_pred
+
+  def _maskwise(self, mask_logits, full_logits, class_pred, class_conf):
+    opts = self.options
+    num_slots = mask_logits.shape[-1]
+    order, ranked_pred, ranked_conf, confident_class, has_detection = self._ranking(
+        mask_logits, class_pred, class_conf)
     probs = tf.nn.softmax(full_logits, axis=-1)
     # [N, B, H, W] in rank order, so the loop reads contiguous slices.
     ranked_masks = tf.transpose(
         tf.gather(probs > opts.pixel_confidence_threshold, order, axis=3, batch_dims=1),
         [3, 0, 1, 2])
-    is_thing = ranked_pred < len(self.thing_class_ids)
-    confident_class = tf.where(is_thing, ranked_conf >= opts.thing_confidence_threshold,
-                               ranked_conf >= opts.stuff_confidence_threshold)  # [B, N]
     areas = tf.reduce_sum(tf.cast(ranked_masks, tf.float32), axis=[2, 3])  # [N, B]
 
     def body(rank, occupied, kept):
@@ -264,6 +344,16 @@ def _area_at_least(index_map: tf.Tensor, num_values: int, limit: int) -> tf.Tens
   return tf.gather(counts, index_map + offsets) >= limit
 
 
+def crop_padding(predictions: Mapping[str, tf.Tensor], size) -> dict[str, tf.Tensor]:
+  """Crops the `[B, H, W]` post-processing outputs of `predictions` to `size` (the un-padded
+  input's height and width, ints or an int32 tensor); other keys pass through unchanged."""
+  cropped = dict(predictions)
+  for key in _INTEGER_KEYS + _SCORE_KEYS:
+    if key in predictions:
+      cropped[key] = predictions[key][:, :size[0], :size[1]]
+  return cropped
+
+
 def undo_padding(predictions: Mapping[str, tf.Tensor], valid_size: Sequence[int],
                  raw_size: Sequence[int]) -> dict[str, tf.Tensor]:
   """Crops `[B, H, W]` predictions to the un-padded `valid_size` and resizes them to `raw_size`.
@@ -271,10 +361,9 @@ def undo_padding(predictions: Mapping[str, tf.Tensor], valid_size: Sequence[int]
   Nearest neighbour (align_corners, as deeplab2) for ids and scores alike; keys other than the
   five post-processing outputs are passed through unchanged.
   """
-  restored = dict(predictions)
+  restored = crop_padding(predictions, valid_size)
   for key in _INTEGER_KEYS + _SCORE_KEYS:
-    if key not in predictions:
-      continue
-    value = predictions[key][:, :valid_size[0], :valid_size[1], None]
-    restored[key] = geometry.resize_align_corners(value, raw_size, method="nearest")[..., 0]
+    if key in predictions:
+      restored[key] = geometry.resize_align_corners(restored[key][..., None], raw_size,
+                                                    method="nearest")[..., 0]
   return restored

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kmax_tf import postprocess
+from kmax_tf import geometry, postprocess
 from kmax_tf.datasets import get_dataset
 from kmax_tf.protos import evaluator_pb2
 
@@ -244,3 +244,41 @@ def test_undo_padding_crops_then_resizes_nearest():
   np.testing.assert_array_equal(out["panoptic_pred"].numpy(), expected)
   np.testing.assert_allclose(out["instance_scores"].numpy(), expected / 100)
   assert out["other"] == "kept"
+
+
+def test_crop_padding_crops_only_the_maps():
+  panoptic = np.arange(2 * 9 * 9, dtype=np.int32).reshape(2, 9, 9)
+  size = tf.constant([5, 3])
+  out = postprocess.crop_padding({"panoptic_pred": tf.constant(panoptic), "other": "kept"}, size)
+  np.testing.assert_array_equal(out["panoptic_pred"].numpy(), panoptic[:, :5, :3])
+  assert out["other"] == "kept"
+
+
+@pytest.mark.parametrize("threshold", [0.34, 0.4, 0.6])
+def test_two_masks_per_pixel_path_equals_the_general_merge(threshold):
+  opts = postprocess.PostProcessingOptions(
+      pixel_confidence_threshold=threshold, thing_confidence_threshold=0.2,
+      stuff_confidence_threshold=0.2, overlapping_threshold=0.8)
+  processor = make_processor(opts, size=(33, 33))
+  rng = np.random.default_rng(7)
+  mask_logits = rng.normal(size=(2, 9, 9, 4)).astype(np.float32) * 2
+  # Slot 3 shadows slot 2, so many pixels lie in both masks and whichever ranks later loses
+  # too much of its area to the other: the overlap rule decides.
+  mask_logits[..., 3] = mask_logits[..., 2] + rng.normal(size=(2, 9, 9)).astype(np.float32) * 0.3
+  mask_logits = tf.constant(mask_logits)
+  class_logits = tf.constant(rng.normal(size=(2, 4, len(CLASS_IDS) + 1)).astype(np.float32) * 3)
+  full_logits = geometry.resize_align_corners(mask_logits, (33, 33))
+  class_probs = tf.nn.softmax(class_logits)[..., :-1]
+  args = (mask_logits, full_logits, tf.argmax(class_probs, -1, output_type=tf.int32),
+          tf.reduce_max(class_probs, -1))
+  general = processor._maskwise(*args)  # pylint: disable=protected-access
+  fast = processor._maskwise_two_per_pixel(*args)  # pylint: disable=protected-access
+  for name, ours, reference in zip(
+      ("mask_id", "confident", "instance_scores", "semantic_scores", "ranked_pred"),
+      fast, general):
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=0, atol=1e-6,
+                               err_msg=name)
+  # Every slot's class is confident, yet some mask was left out for its overlap.
+  assert np.all(processor._ranking(*args[:1], *args[2:])[3])  # pylint: disable=protected-access
+  mask_id, confident = general[0].numpy(), general[1].numpy()
+  assert min(len(np.unique(mask_id[b][confident[b]])) for b in range(2)) < 4

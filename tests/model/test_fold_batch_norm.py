@@ -1,0 +1,111 @@
+"""Batch-norm folding: the folded micro model computes the unfolded one's outputs, and grappler
+fuses its convolutions with their bias and activation."""
+import collections
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
+from tensorflow.python.grappler import tf_optimizer  # pylint: disable=no-name-in-module
+
+from kmax_tf import config, configs
+from kmax_tf.model import builder, fold_batch_norm
+from kmax_tf.model.layers import conv
+
+_CONFIG = configs.config_path("synthetic/kmax_micro.textproto")
+
+
+@pytest.fixture(scope="module")
+def models():
+  """(unfolded, folded) micro models with the same random weights and BN statistics."""
+  options = config.load_config(_CONFIG, {"DATA_DIR": "/unused", "EXPERIMENT_NAME": "fold"})
+  images = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 65, 65, 3)), tf.float32)
+  pair = []
+  for _ in range(2):
+    model = builder.build_model(options)
+    model(images, training=False)
+    pair.append(model)
+  rng = np.random.default_rng(1)
+  for variable, twin in zip(pair[0].variables, pair[1].variables):
+    assert variable.shape == twin.shape
+    if "moving_variance" in variable.path or "gamma" in variable.path:
+      value = rng.uniform(0.5, 1.5, variable.shape)
+    elif "moving_mean" in variable.path or "beta" in variable.path:
+      value = rng.normal(0.0, 0.1, variable.shape)
+    else:
+      value = variable.numpy()
+    variable.assign(value.astype("float32"))
+    twin.assign(value.astype("float32"))
+  folded = fold_batch_norm.fold_batch_norms(pair[1])
+  return pair[0], pair[1], folded, images
+
+
+def test_folded_model_agrees(models):
+  unfolded, folded, count, images = models
+  layers = list(folded._flatten_layers())  # pylint: disable=protected-access
+  expected = sum(1 for layer in layers if isinstance(layer, (conv.Conv2DSame, conv.Conv1x1))
+                 and layer.batch_norm is not None)
+  expected += sum(1 for layer in layers if isinstance(layer, conv.SeparableConv2DSame))
+  assert count == expected > 0
+  # The encoder and pixel decoder hold most folded layers; their outputs agree to float32
+  # rounding. The transformer decoder's k-means argmax amplifies rounding (random batch-norm
+  # statistics do not normalise, see benchmarks/vs_deeplab2.py): one flipped assignment moves a
+  # cluster center, so the mask and class logits are not compared here (tests/test_export.py
+  # compares the folded export's with the unfolded model's on milder statistics).
+  reference = unfolded.pixel_decoder(unfolded.encoder(images / 127.5 - 1.0, training=False),
+                                     training=False)
+  outputs = folded.pixel_decoder(folded.encoder(images / 127.5 - 1.0, training=False),
+                                 training=False)
+  for key, value in reference.items():
+    scale = float(np.max(np.abs(value)))
+    np.testing.assert_allclose(outputs[key], value, rtol=0, atol=1e-5 * scale, err_msg=key)
+  reference = unfolded(images, training=False)
+  outputs = folded(images, training=False)
+  for key in ("pixel_space_normalized_feature", "semantic_logits"):
+    scale = float(np.max(np.abs(reference[key])))
+    np.testing.assert_allclose(outputs[key], reference[key], rtol=0, atol=1e-5 * scale,
+                               err_msg=key)
+
+
+def test_folding_twice_changes_nothing(models):
+  _, folded, _, images = models
+  before = folded(images, training=False)
+  assert fold_batch_norm.fold_batch_norms(folded) == 0
+  after = folded(images, training=False)
+  for key, value in before.items():
+    np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
+def test_folded_batch_norm_refuses_training(models):
+  _, folded, _, images = models
+  with pytest.raises(ValueError, match="folded batch norm is for inference only"):
+    folded(images, training=True)
+
+
+def _optimized_op_counts(model):
+  """Op types of the graph grappler makes of the model's inference function on the CPU."""
+  function = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+      tf.TensorSpec([1, None, None, 3], tf.float32))
+  meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=function.graph.as_graph_def(),
+                                                    graph=function.graph)
+  for node in meta_graph.graph_def.node:  # the remapper fuses only ops placed on a CPU
+    node.device = "/device:CPU:0"
+  meta_graph.collection_def["train_op"].node_list.value.extend(
+      [tensor.name for tensor in function.outputs])
+  graph = tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), meta_graph)
+  return collections.Counter(node.op for node in graph.node)
+
+
+def test_grappler_fuses_folded_convolutions(models):
+  unfolded, folded, _, _ = models
+  before, after = _optimized_op_counts(unfolded), _optimized_op_counts(folded)
+  # Every folded undilated Conv2DSame becomes one _FusedConv2D (dilated ones are a sum of 1x1
+  # convolutions or sit between space-to-batch ops); unfolded, only those with a bias fuse.
+  folded_convs = sum(
+      1 for layer in folded._flatten_layers()  # pylint: disable=protected-access
+      if isinstance(layer, conv.Conv2DSame) and layer.batch_norm is not None and
+      layer.dilation_rate == 1)
+  assert after["_FusedConv2D"] - before["_FusedConv2D"] == folded_convs
+  # Depthwise convolution + bias fuses only with oneDNN on; the folded batch norms' rsqrt is gone
+  # either way.
+  assert after["Rsqrt"] < before["Rsqrt"]
