@@ -6,7 +6,7 @@ Modes: eager Keras call, `tf.function` (one shape-polymorphic trace for every si
 predict`, the evaluator and `kmax-tf export --no_semantic_logits` run; the panoptic, semantic
 and instance predictions are the same). Each size is timed after warm-up
 calls (tracing/compilation excluded and reported separately); ratios are against eager in the
-same process. deeplab2 reference on a 2-core CPU (SPEC 11.1): 0.72 s at 641^2, 2.68 s at 1281^2.
+same process. deeplab2 reference on a 2-core CPU: 0.72 s at 641^2, 2.68 s at 1281^2.
 
   python benchmarks/inference.py [--sizes 641 1281] [--repeats 3]
       [--modes eager function xla panoptic]

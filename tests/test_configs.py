@@ -1,4 +1,4 @@
-"""The shipped configs carry deeplab2's settings (SPEC §8.8) and parse like deeplab2's own files."""
+"""The shipped configs carry deeplab2's settings and parse like deeplab2's own files."""
 import pathlib
 
 import pytest
@@ -24,7 +24,7 @@ def test_shipped_config_equals_deeplab2_file(reference, shipped):
 
 
 # (file, backbone, keep prob, crop, batch, steps, lr, min/max scale, policy, ID k, thresholds
-#  thing/stuff, overlap, area thing/stuff, reorder mask weight) from SPEC §8.8.
+#  thing/stuff, overlap, area thing/stuff, reorder mask weight) from deeplab2's configs.
 _TABLE = [
     ("coco/kmax_deeplab/kmax_meta_axial_r50_os32", "kmax_axial_resnet50", 0.8, (1281, 1281), 64,
      150000, 5e-4, (0.3, 1.7), "simple_classification_policy", 4096, (0.7, 0.5), 0.8, (400, 6400),

@@ -1,4 +1,5 @@
-"""Post-processing against an independent numpy re-implementation of SPEC §5.2/5.3.
+"""Post-processing against an independent numpy re-implementation of deeplab2's mask-wise
+post-processing and merge (`model/post_processor/max_deeplab.py`).
 
 The reference below follows deeplab2's algorithm literally (paste masks one by one on a canvas,
 bincount area filters, per image), while kmax_tf.postprocess uses a while-loop over keep

@@ -1,4 +1,4 @@
-"""Per-mask ground truth at the prediction resolution, built inside the loss (SPEC §3.2).
+"""Per-mask ground truth at the prediction resolution, built inside the loss.
 
 The data pipeline hands over pixel maps at crop resolution; here they become a fixed-size set of
 `K = max_thing_id + num_stuff` ground-truth masks: thing instance `t` is mask `t`, stuff class

@@ -1,4 +1,4 @@
-"""Pixel-wise contrastive instance discrimination of CMT-DeepLab (SPEC §3.6).
+"""Pixel-wise contrastive instance discrimination of CMT-DeepLab.
 
 k pixels are drawn per image without replacement, with probability proportional to
 `(1 / area of their mask) ** sample_temperature` (void pixels never), by the Gumbel-top-k trick.

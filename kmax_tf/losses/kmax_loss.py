@@ -1,4 +1,5 @@
-"""The kMaX-DeepLab training objective: all loss terms, deep supervision and the total (SPEC §3).
+"""The kMaX-DeepLab training objective: all loss terms, deep supervision and the total
+(deeplab2's `max_deeplab_loss.py`).
 
 Per step: ground-truth masks are built at the prediction resolution, the final output is matched
 to them once, and every decoder output (final + one per decoder layer) gets the PQ-style class

@@ -1,4 +1,4 @@
-"""Mask-ID cross-entropy (SPEC §3.5): each pixel classified over slots towards its matched slot.
+"""Mask-ID cross-entropy: each pixel classified over slots towards its matched slot.
 
 The pixel's target is the slot matched to its ground-truth mask (softmax over all N slots; a
 mask left without a slot has logit -99999 as in deeplab2). Void pixels have weight 0 and crowd

@@ -1,4 +1,4 @@
-"""Hungarian matching of ground-truth masks to mask slots with kMaX's PQ-style cost (SPEC §3.3).
+"""Hungarian matching of ground-truth masks to mask slots with kMaX's PQ-style cost.
 
 The similarity of ground-truth mask k and slot i is `dice(k, i) * p_i(class_k)`: the soft dice
 between the mask and the slot's softmax-over-slots probability map (restricted to non-void

@@ -1,4 +1,4 @@
-"""PQ-style loss of MaX-DeepLab: a class term and a mask dice term (SPEC §3.4).
+"""PQ-style loss of MaX-DeepLab: a class term and a mask dice term.
 
 The PQ-style similarity `p_i(c_k) * dice(m_k, m_i)` of a matched pair is maximised by two terms
 whose other factor is held fixed (stop-gradient, from the final output's matching):

@@ -1,4 +1,4 @@
-"""Auxiliary semantic loss: per-pixel softmax cross-entropy on the semantic head (SPEC §3.7).
+"""Auxiliary semantic loss: per-pixel softmax cross-entropy on the semantic head.
 
 Labels and per-pixel weights (`semantic_loss_weight`: 1, or the small-instance weight) come at
 crop resolution and are strided-subsampled to the logits' size; ignore-label pixels get weight 0.

@@ -1,4 +1,4 @@
-"""Random draws that differ between the replicas of a distributed step (issue #8).
+"""Random draws that differ between the replicas of a distributed step.
 
 A Keras `SeedGenerator` keeps its state in a variable. Under a `tf.distribute` strategy that
 variable is mirrored, so every replica reads the same state and `keras.random.*` hands every

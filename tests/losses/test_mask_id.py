@@ -1,4 +1,4 @@
-"""Mask-ID cross-entropy against its per-pixel formula in numpy (SPEC §3.5)."""
+"""Mask-ID cross-entropy against its per-pixel formula in numpy."""
 import numpy as np
 import pytest
 import scipy.special

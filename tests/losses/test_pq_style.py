@@ -1,4 +1,4 @@
-"""PQ-style class and dice terms against their formulas written in numpy (SPEC §3.4)."""
+"""PQ-style class and dice terms against their formulas written in numpy."""
 import numpy as np
 import scipy.special
 import tensorflow as tf

@@ -45,7 +45,7 @@ def test_prediction_head_outputs():
 
 
 def test_head_parameter_count_matches_deeplab2_final_head():
-  # deeplab2 COCO final heads: 173,576 trainable (SPEC 11.1).
+  # deeplab2 COCO final heads: 173,576 trainable, measured on deeplab2 (commit 64bc1c1).
   head = heads.PredictionHead(256, 128, num_classes=134)
   head(np.zeros((1, 3, 3, 256), np.float32), np.zeros((1, 4, 256), np.float32),
        np.zeros((1, 4, 256), np.float32))

@@ -99,7 +99,7 @@ def test_mixed_float16_outputs_stay_float32_and_finite():
   finally:
     keras.mixed_precision.set_global_policy("float32")
   assert mixed.encoder.stem.conv.compute_dtype == "float16"
-  # Softmax/argmax inputs are normalized in float32 (SPEC 12.4 #24).
+  # Softmax/argmax inputs are normalized in float32, as deeplab2 does.
   assert mixed.head.pixel_space_mask_batch_norm.compute_dtype == "float32"
   layer = mixed.transformer_decoder.kmax_layers[0]
   assert layer.memory_attention.batch_norm_similarity.compute_dtype == "float32"

@@ -32,7 +32,8 @@ def test_decoder_fuses_to_the_finest_low_level_size():
 
 
 def test_coco_semantic_decoder_and_head_match_deeplab2_count():
-  # deeplab2 COCO R50: ASPP decoder + semantic head = 15,856,742 trainable (SPEC 11.1).
+  # deeplab2 COCO R50: ASPP decoder + semantic head = 15,856,742 trainable, measured on
+  # deeplab2 (commit 64bc1c1).
   endpoints = {"stage5": np.zeros((1, 2, 2, 2048), np.float32),
                "res3": np.zeros((1, 5, 5, 512), np.float32),
                "res2": np.zeros((1, 9, 9, 256), np.float32)}

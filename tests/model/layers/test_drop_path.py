@@ -26,7 +26,7 @@ def test_training_masks_whole_samples():
 
 
 def test_masks_follow_deeplab2_formula_and_are_reproducible():
-  # SPEC: x * floor(keep + U[0, 1)) / keep per sample. On one device the uniforms are those of
+  # deeplab2: x * floor(keep + U[0, 1)) / keep per sample. On one device the uniforms are those of
   # keras.random.uniform with an equally seeded generator, one draw of [B, 1, 1, 1] per call.
   x = np.random.default_rng(0).normal(size=(32, 2, 2, 3)).astype(np.float32)
   layer = drop_path.DropPath(0.7, seed=11)
