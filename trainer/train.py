@@ -54,21 +54,16 @@ def main(argv):
 
   if "eval" in FLAGS.mode and FLAGS.num_gpus > 1:
     raise app.UsageError("Evaluation runs on one device: use --num_gpus <= 1 for eval modes.")
-  try:
-    options = config.load_config(FLAGS.config_file, parse_overrides(FLAGS.override),
-                                 required_fields=_required_fields(FLAGS.mode))
-  except config.ConfigError as error:
-    logging.error("%s", error)
-    print(error, file=sys.stderr)
-    return 2
   run_options = train_lib.RunOptions(
       seed=FLAGS.seed, deterministic=FLAGS.deterministic, jit_compile=FLAGS.jit_compile,
       mixed_precision=FLAGS.mixed_precision, max_steps=FLAGS.max_steps,
       skip_bad_records=FLAGS.skip_bad_records)
   try:
+    options = config.load_config(FLAGS.config_file, parse_overrides(FLAGS.override),
+                                 required_fields=_required_fields(FLAGS.mode))
     train_lib.run_experiment(FLAGS.mode, options, FLAGS.model_dir, FLAGS.master, FLAGS.num_gpus,
                              run_options)
-  except train_lib.ModelDirError as error:
+  except (config.ConfigError, train_lib.ModelDirError) as error:
     logging.error("%s", error)
     print(error, file=sys.stderr)
     return 2

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 
 from absl import logging
 import keras
@@ -109,10 +108,9 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
             deterministic=run_options.deterministic, seed=seed, input_context=input_context,
             skip_bad_records=run_options.skip_bad_records, start=start)
 
-      input_seed = run_options.seed
-      if input_seed is None:
-        # Kept in the checkpoint, so that a restart continues this run's input order.
-        input_seed = 0 if run_options.deterministic else random.randrange(2**31 - 1)
+      # Kept in the checkpoint, so that a restart continues this run's input order.
+      input_seed = reader.resolve_seed(run_options.seed, run_options.deterministic,
+                                       is_training=True)
       trainer = runner.KMaXTrainer(
           strategy=strategy, model=model, loss=loss, loss_names=loss.loss_names,
           optimizers=optimizers, train_dataset=dataset_fn, global_step=global_step,

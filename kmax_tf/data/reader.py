@@ -335,6 +335,14 @@ def _records(files: Sequence[str], is_training: bool, deterministic: bool, seed,
           tf.where(epoch == start_epoch, tf.constant(start_position, tf.int64), 0)))
 
 
+def resolve_seed(seed: int | None, deterministic: bool, is_training: bool) -> int:
+  """The base seed `build_dataset` uses: `seed`, else 0 when deterministic or evaluating, else a
+  random one (callers that checkpoint the input stream resolve it first and keep it)."""
+  if seed is not None:
+    return seed
+  return 0 if deterministic or not is_training else random.randrange(2**31 - 1)
+
+
 def build_dataset(dataset_options, is_training: bool, *, deterministic: bool = False,
                   seed: int | None = None, input_context: tf.distribute.InputContext | None = None,
                   skip_bad_records: bool = False,
@@ -363,10 +371,7 @@ def build_dataset(dataset_options, is_training: bool, *, deterministic: bool = F
   options = SampleOptions.from_proto(dataset_options)
   if not is_training and dataset_options.batch_size != 1:
     raise ValueError(f"evaluation batch_size must be 1, got {dataset_options.batch_size}")
-  if deterministic and seed is None:
-    seed = 0
-  if seed is None:
-    seed = random.randrange(2**31 - 1) if is_training else 0
+  seed = resolve_seed(seed, deterministic, is_training)
   start = tuple(start) if start is not None else (0,) * POSITION_SIZE
   if len(start) != POSITION_SIZE:
     raise ValueError(f"start must have {POSITION_SIZE} values, got {start}")
