@@ -1,10 +1,10 @@
 """Loads deeplab2-style textproto configs into `ExperimentOptions`, with `${NAME}` substitution.
 
-Every error is a `ConfigError` whose message starts with `FILE:LINE:COL:` and names the field.
+Every error is a `ConfigError`; one in a config file starts with `FILE:LINE:COL:` and names the
+field.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import re
@@ -12,6 +12,8 @@ from typing import Mapping, Sequence
 
 from google.protobuf import text_format
 
+from kmax_tf import config_validation
+from kmax_tf.config_types import ConfigError, Placeholder
 from kmax_tf.protos import config_pb2
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -19,20 +21,19 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TEXT_FORMAT_POSITION = re.compile(r"^(\d+):(\d+)\s*:\s*(.*)$", re.S)
 
 
-class ConfigError(ValueError):
-  """A config that cannot be parsed or would not run; `str()` is `FILE:LINE:COL: message`."""
+def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+  """`["A=1", "B=x"]` -> `{"A": "1", "B": "x"}`, the placeholder values of `--override` flags.
 
-  def __init__(self, path, line: int, column: int, message: str):
-    self.path, self.line, self.column, self.message = str(path), line, column, message
-    super().__init__(f"{self.path}:{line}:{column}: {message}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Placeholder:
-  """A `${NAME}` occurrence left in the text (not resolved by environment or overrides)."""
-  name: str
-  line: int
-  column: int
+  Raises:
+    ConfigError: for a pair without `=` or without a name (no position: it is not in a file).
+  """
+  overrides = {}
+  for pair in pairs:
+    name, sep, value = pair.partition("=")
+    if not sep or not name:
+      raise ConfigError(None, 0, 0, f"--override expects NAME=VALUE, got {pair!r}")
+    overrides[name] = value
+  return overrides
 
 
 def substitute_placeholders(text: str, values: Mapping[str, str]) -> tuple[str, list[Placeholder]]:
@@ -121,6 +122,5 @@ def load_config_with_placeholders(
   text, unresolved = substitute_placeholders(text, values)
   options = parse_config_text(text, path)
   if validate:
-    from kmax_tf import config_validation  # pylint: disable=import-outside-toplevel
     config_validation.validate(options, text, path, unresolved, required_fields)
   return options, unresolved

@@ -12,7 +12,7 @@ import re
 from typing import Iterable, Sequence
 
 from kmax_tf import datasets
-from kmax_tf.config import ConfigError, Placeholder
+from kmax_tf.config_types import ConfigError, Placeholder
 
 KMAX_BACKBONES = (
     "kmax_resnet50", "kmax_axial_resnet50", "kmax_convnext_tiny", "kmax_convnext_small",

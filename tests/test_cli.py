@@ -44,7 +44,10 @@ def bad_inputs(tmp_path_factory):
      "kmax-tf eval pq: error: [Errno 2] No such file or directory: '{root}/missing.json'"),
     (["train", "--config_file", "{root}/bad.textproto", "--mode", "train", "--bogus_flag", "1"],
      "kmax-tf train: error: Unknown command line flag 'bogus_flag' (see --help)"),
-], ids=["model", "export", "predict", "eval", "train"])
+    (["train", "--config_file", "{root}/bad.textproto", "--mode", "train", "--model_dir",
+      "{root}/model", "--override", "DATA_DIR"],
+     "kmax-tf train: error: --override expects NAME=VALUE, got 'DATA_DIR'"),
+], ids=["model", "export", "predict", "eval", "train", "train_override"])
 def test_command_errors_are_one_line(bad_inputs, args, line):
   result = _run([a.format(root=bad_inputs) for a in args])
   assert result.returncode == 1
@@ -53,6 +56,18 @@ def test_command_errors_are_one_line(bad_inputs, args, line):
   assert ours == [line.format(root=bad_inputs)]
   assert result.stderr.strip().endswith(ours[0]) and "Traceback" not in result.stderr
   assert not (bad_inputs / "out").exists()
+
+
+def test_training_binary_reports_a_malformed_override(bad_inputs):
+  # The absl binary says the same as `kmax-tf train`, without the prefix, before reading the
+  # (here unparsable) config.
+  result = subprocess.run(
+      [sys.executable, "-m", "kmax_tf.trainer.train", f"--config_file={bad_inputs}/bad.textproto",
+       "--mode=train", f"--model_dir={bad_inputs}/model", "--override=DATA_DIR"],
+      capture_output=True, text=True, check=False, timeout=300,
+      env={k: v for k, v in os.environ.items() if k != cli.DEBUG_ENV})
+  assert result.returncode == 1
+  assert result.stderr.strip().split("\n")[-1] == "--override expects NAME=VALUE, got 'DATA_DIR'"
 
 
 def test_usage_errors_are_one_line():

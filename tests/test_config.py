@@ -68,3 +68,15 @@ def test_parse_errors_name_file_line_and_column(tmp_path, text, line, column, fr
 def test_missing_file_is_a_config_error(tmp_path):
   with pytest.raises(config.ConfigError, match="cannot read config"):
     config.load_config(tmp_path / "absent.textproto")
+
+
+def test_parse_overrides_splits_at_the_first_equals_sign():
+  assert config.parse_overrides(["A=1", "B=x=y", "C=", "A=2"]) == {"A": "2", "B": "x=y", "C": ""}
+
+
+@pytest.mark.parametrize("pair", ["DATA_DIR", "=value", ""])
+def test_malformed_override_is_a_config_error_without_position(pair):
+  with pytest.raises(config.ConfigError) as error:
+    config.parse_overrides(["A=1", pair])
+  assert str(error.value) == f"--override expects NAME=VALUE, got {pair!r}"
+  assert error.value.path is None

@@ -49,17 +49,22 @@ def _required_fields(mode: str):
 def main(argv):
   del argv
   from kmax_tf import config  # pylint: disable=import-outside-toplevel
-  from kmax_tf.commands.config import parse_overrides  # pylint: disable=import-outside-toplevel
   from kmax_tf.trainer import train_lib  # pylint: disable=import-outside-toplevel
 
   if "eval" in FLAGS.mode and FLAGS.num_gpus > 1:
     raise app.UsageError("Evaluation runs on one device: use --num_gpus <= 1 for eval modes.")
+  try:
+    overrides = config.parse_overrides(FLAGS.override)
+  except config.ConfigError as error:
+    # A malformed flag, not a config problem: the message alone and exit code 1, which
+    # `kmax-tf train` turns into its one error line.
+    raise SystemExit(str(error)) from None
   run_options = train_lib.RunOptions(
       seed=FLAGS.seed, deterministic=FLAGS.deterministic, jit_compile=FLAGS.jit_compile,
       mixed_precision=FLAGS.mixed_precision, max_steps=FLAGS.max_steps,
       skip_bad_records=FLAGS.skip_bad_records)
   try:
-    options = config.load_config(FLAGS.config_file, parse_overrides(FLAGS.override),
+    options = config.load_config(FLAGS.config_file, overrides,
                                  required_fields=_required_fields(FLAGS.mode))
     train_lib.run_experiment(FLAGS.mode, options, FLAGS.model_dir, FLAGS.master, FLAGS.num_gpus,
                              run_options)

@@ -17,20 +17,9 @@ def register(subparsers) -> None:
 def add_override_argument(parser, help_text: str = "Value for a ${NAME} placeholder "
                           "(repeatable).") -> None:
   """`--override NAME=VALUE` (repeatable), the placeholder flag every config-reading command
-  takes; `parse_overrides` turns its values into the loader's dict."""
+  takes; `kmax_tf.config.parse_overrides` turns its values into the loader's dict."""
   parser.add_argument("--override", action="append", default=[], metavar="NAME=VALUE",
                       help=help_text)
-
-
-def parse_overrides(pairs) -> dict[str, str]:
-  """`["A=1", "B=x"]` -> `{"A": "1", "B": "x"}`; raises SystemExit on a malformed pair."""
-  overrides = {}
-  for pair in pairs:
-    name, sep, value = pair.partition("=")
-    if not sep or not name:
-      raise SystemExit(f"--override expects NAME=VALUE, got {pair!r}")
-    overrides[name] = value
-  return overrides
 
 
 def _summary(options, unresolved) -> str:
@@ -51,7 +40,7 @@ def _summary(options, unresolved) -> str:
 def _check(args) -> int:
   from kmax_tf import config  # pylint: disable=import-outside-toplevel
 
-  overrides = parse_overrides(args.override)
+  overrides = config.parse_overrides(args.override)
   failures = 0
   for path in args.files:
     try:

@@ -33,7 +33,7 @@ def _deeplab2(args) -> int:
   try:
     # Placeholders (data paths, experiment names) do not affect the architecture.
     options = config.load_config(args.config_file,
-                                 config_command.parse_overrides(args.override), validate=False)
+                                 config.parse_overrides(args.override), validate=False)
     model = builder.build_model(options)
     saved = convert_deeplab2.convert(model, args.checkpoint, args.output_dir)
   except convert_deeplab2.ConversionError as error:

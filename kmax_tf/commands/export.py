@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 def _export(args) -> int:
   from kmax_tf import config, export  # pylint: disable=import-outside-toplevel
   # Data paths are irrelevant to an export: placeholders may stay unresolved.
-  options = config.load_config(args.config_file, config_command.parse_overrides(args.override))
+  options = config.load_config(args.config_file, config.parse_overrides(args.override))
   export.export_saved_model(options, args.checkpoint, args.output_dir,
                             semantic_logits=not args.no_semantic_logits)
   print(json.dumps({"saved_model": args.output_dir,

@@ -35,7 +35,7 @@ def _summary(args) -> int:
   from kmax_tf import config  # pylint: disable=import-outside-toplevel
 
   # Placeholders (data paths, experiment names) do not affect the architecture.
-  options = config.load_config(args.config_file, config_command.parse_overrides(args.override),
+  options = config.load_config(args.config_file, config.parse_overrides(args.override),
                                validate=False)
   result = summarize(options)
   if args.format == "json":

@@ -34,7 +34,7 @@ def _predict(args) -> int:
   if args.saved_model:
     predict_fn, dataset = predict.saved_model_predictor(args.saved_model)
   else:
-    options = config.load_config(args.config_file, config_command.parse_overrides(args.override))
+    options = config.load_config(args.config_file, config.parse_overrides(args.override))
     predict_fn, dataset = predict.checkpoint_predictor(options, args.checkpoint)
   written = predict.predict_files(predict_fn, dataset, images, args.output_dir,
                                   progress=not args.no_progress)
