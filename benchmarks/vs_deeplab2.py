@@ -490,10 +490,10 @@ def _rel(reference, ours):
 def _variable_pairs(dl2, model):
   """[(deeplab2 variable, kmax-tf variable, kmax-tf key)] after conversion, paired by value:
   every deeplab2 variable was randomised, so its bytes identify the kmax-tf copy."""
-  from kmax_tf.trainer import checkpoints  # pylint: disable=import-outside-toplevel
+  from kmax_tf import weight_io  # pylint: disable=import-outside-toplevel
 
   ours_by_bytes = {}
-  for key, variable in checkpoints.ModelVariables(model, include_seed_states=False).by_path.items():
+  for key, variable in weight_io.ModelVariables(model, include_seed_states=False).by_path.items():
     ours_by_bytes.setdefault(np.asarray(variable.numpy(), np.float32).tobytes(), []).append(
         (variable, key))
   pairs = []

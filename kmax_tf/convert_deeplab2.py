@@ -3,7 +3,7 @@
 deeplab2 saves object-based TF checkpoints whose keys follow its Python attribute names
 (`tf.train.Checkpoint(**model.checkpoint_items)`): `encoder/_stage2/_block1/_conv1_bn_act/_conv/
 kernel/.ATTRIBUTES/VARIABLE_VALUE`, `transformer_decoder/_kmax_decoder/3/_block1_transformer/...`.
-kmax-tf checkpoints key every variable by its Keras path (`trainer.checkpoints.ModelVariables`).
+kmax-tf checkpoints key every variable by its Keras path (`kmax_tf.weight_io.ModelVariables`).
 
 The mapping is by NAME: each deeplab2 key goes through an ordered list of rewrite rules
 (`_RULES`, plus the two model-dependent renames: the backbone's name and the kMaX layers' names)
@@ -29,9 +29,9 @@ Forms of deeplab2 checkpoint recognised (`checkpoint_form`):
            root, e.g. `stages/0/layer_with_weights-0/...`).
 Backbone-only forms must cover exactly the kmax-tf backbone's variables.
 
-Initialisation like deeplab2 (`initialize_from_options`): `backbone.pretrained_weights` (ConvNeXt
-only, any backbone form, `load_pretrained_weights`) and then `initial_checkpoint` (any deeplab2
-form, or a kmax-tf checkpoint, `load_initial_checkpoint`).
+The trainer's initialisation of a new run (`kmax_tf.trainer.checkpoints.initialize_from_options`)
+reads `backbone.pretrained_weights` with `load_pretrained_weights` (any backbone form) and a
+deeplab2 `initial_checkpoint` with `assign_from_deeplab2` (any form).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from kmax_tf.trainer import checkpoints
+from kmax_tf import weight_io
 
 FULL, ENCODER, GARDEN, KERAS = "full", "encoder", "garden", "keras"
 _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -181,7 +181,7 @@ def _compatible(source_shape, target_shape) -> bool:
 
 def _target_variables(model) -> dict:
   """`{key: variable}` a full conversion must fill: all weights but RNG states."""
-  by_path = checkpoints.ModelVariables(model).by_path
+  by_path = weight_io.ModelVariables(model).by_path
   return {k: v for k, v in by_path.items() if "seed_generator" not in k}
 
 
@@ -278,15 +278,6 @@ def build_mapping(source_shapes: dict, model,
                       form, model.name)
 
 
-def _resolve(path: str) -> str:
-  if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
-    if latest is None:
-      raise FileNotFoundError(f"No checkpoint in directory {path}")
-    return latest
-  return path
-
-
 def _assign(reader, mapping: dict, targets: dict) -> None:
   for key, target in mapping.items():
     variable = targets[target]
@@ -297,7 +288,7 @@ def _assign(reader, mapping: dict, targets: dict) -> None:
 def assign_from_deeplab2(model, path: str, skip_prefixes: tuple[str, ...] = ()) -> str:
   """Loads a deeplab2 checkpoint (prefix or directory) into `model` but the variables under
   `skip_prefixes` (see `build_mapping`); returns its form."""
-  path = _resolve(path)
+  path = weight_io.resolve_checkpoint(path)
   reader = tf.train.load_checkpoint(path)
   form, mapping = build_mapping(reader.get_variable_to_shape_map(), model, skip_prefixes)
   targets = _target_variables(model) if form == FULL else _backbone_variables(model.encoder)
@@ -315,39 +306,13 @@ def load_pretrained_weights(backbone, path: str) -> str:
   must be filled (deeplab2 only asserts a non-trivial match; a partial backbone is a wrong file
   here). Returns the checkpoint's form.
   """
-  path = _resolve(path)
+  path = weight_io.resolve_checkpoint(path)
   reader = tf.train.load_checkpoint(path)
   form, mapping = build_backbone_mapping(reader.get_variable_to_shape_map(), backbone)
   _assign(reader, mapping, _backbone_variables(backbone))
   logging.info("Loaded %d pretrained %s weights (deeplab2 %s form) from %s", len(mapping),
                backbone.name, form, path)
   return form
-
-
-def initialize_from_options(model, model_options) -> None:
-  """deeplab2's initialisation of a new training run, in deeplab2's order.
-
-  1. `backbone.pretrained_weights` into the backbone: deeplab2 reads it while building ConvNeXt
-     (and MOAT) backbones and ignores it for the (Axial-)ResNets, so does this;
-  2. `initial_checkpoint` over it (`load_initial_checkpoint`), as deeplab2's trainer does before
-     the first step, without the semantic head's last layer when
-     `restore_semantic_last_layer_from_initial_checkpoint` is false (e.g. to fine-tune on a
-     dataset with other classes). `restore_instance_last_layer_from_initial_checkpoint` names
-     Panoptic-DeepLab layers that kMaX does not have, so, as in deeplab2, it changes nothing.
-  Nothing happens when neither is set.
-  """
-  pretrained = model_options.backbone.pretrained_weights
-  if pretrained:
-    if "convnext" in model_options.backbone.name:
-      load_pretrained_weights(model.encoder, pretrained)
-    else:
-      logging.warning("backbone.pretrained_weights is ignored for %s (deeplab2 reads it only "
-                      "for ConvNeXt backbones); use initial_checkpoint",
-                      model_options.backbone.name)
-  if model_options.initial_checkpoint:
-    skip = (() if model_options.restore_semantic_last_layer_from_initial_checkpoint
-            else (SEMANTIC_LAST_LAYER,))
-    load_initial_checkpoint(model, model_options.initial_checkpoint, skip)
 
 
 def _global_step(path: str) -> int:
@@ -358,19 +323,9 @@ def _global_step(path: str) -> int:
 
 def is_deeplab2_checkpoint(path: str) -> bool:
   """True for a deeplab2 checkpoint, False for a kmax-tf one (its variables under `model/`)."""
-  keys = [k for k, _ in tf.train.list_variables(_resolve(path)) if is_model_value(k)]
+  keys = [key for key, _ in tf.train.list_variables(weight_io.resolve_checkpoint(path))
+          if is_model_value(key)]
   return not all(key.startswith("model/by_path/") for key in keys)
-
-
-def load_initial_checkpoint(model, path: str, skip_prefixes: tuple[str, ...] = ()) -> None:
-  """Loads `initial_checkpoint` into `model`: a deeplab2 checkpoint of any form (full model or
-  pretrained backbone) or a kmax-tf checkpoint (possibly partial); variables whose kmax-tf key
-  starts with one of `skip_prefixes` keep their values."""
-  if is_deeplab2_checkpoint(path):
-    assign_from_deeplab2(model, path, skip_prefixes)
-  else:
-    checkpoints.restore_model_variables(model, path, require_all=False,
-                                        skip_prefixes=skip_prefixes)
 
 
 def convert(model, checkpoint: str, output_dir: str) -> str:
@@ -382,11 +337,11 @@ def convert(model, checkpoint: str, output_dir: str) -> str:
   checkpoint manager, whose objects are `global_step` and `model` in eval mode, restores it from
   `model_dir` like one of its own.
   """
-  checkpoint = _resolve(checkpoint)
+  checkpoint = weight_io.resolve_checkpoint(checkpoint)
   assign_from_deeplab2(model, checkpoint)
   os.makedirs(output_dir, exist_ok=True)
   step = tf.Variable(_global_step(checkpoint), dtype=tf.int64, trainable=False)
-  saved = tf.train.Checkpoint(global_step=step, model=checkpoints.ModelVariables(model)).save(
+  saved = tf.train.Checkpoint(global_step=step, model=weight_io.ModelVariables(model)).save(
       os.path.join(output_dir, "ckpt"))
   logging.info("Wrote %s", saved)
   return saved

@@ -35,8 +35,8 @@ def run_demo(output_dir: str, *, quick: bool = False, seed: int = 0,
   from kmax_tf.data import synthetic  # pylint: disable=import-outside-toplevel
   from kmax_tf.datasets import get_dataset  # pylint: disable=import-outside-toplevel
   from kmax_tf.evaluation import evaluator as evaluator_lib  # pylint: disable=import-outside-toplevel
+  from kmax_tf import weight_io  # pylint: disable=import-outside-toplevel
   from kmax_tf.model import builder  # pylint: disable=import-outside-toplevel
-  from kmax_tf.trainer import checkpoints  # pylint: disable=import-outside-toplevel
   from kmax_tf.trainer import train_lib  # pylint: disable=import-outside-toplevel
 
   settings = QUICK if quick else FULL
@@ -61,7 +61,7 @@ def run_demo(output_dir: str, *, quick: bool = False, seed: int = 0,
 
   logging.info("[3/5] Evaluating on %d images", settings["num_eval"])
   model = builder.build_model(options)
-  checkpoints.restore_model_variables(model, checkpoint)
+  weight_io.restore_model_variables(model, checkpoint)
   evaluator = evaluator_lib.Evaluator(
       model, get_dataset(options.eval_dataset_options.dataset), options.evaluator_options,
       output_dir=str(output / "eval"))

@@ -32,6 +32,7 @@ import tensorflow as tf
 from kmax_tf.model import builder
 from kmax_tf.model import fold_batch_norm
 from kmax_tf import postprocess
+from kmax_tf import weight_io
 
 DEFAULT_SIGNATURE = "serving_default"
 BATCH_SIGNATURE = "serving_batch"
@@ -53,14 +54,9 @@ def build_inference_model(options, checkpoint: str):
   """Builds the model of `options` for inference, loads a kmax-tf training checkpoint (a prefix
   or a directory holding checkpoints) and folds its batch norms into the convolutions
   (`fold_batch_norm`: the model is for inference only)."""
-  from kmax_tf.trainer import checkpoints  # pylint: disable=import-outside-toplevel
-  path = tf.train.latest_checkpoint(checkpoint) if tf.io.gfile.isdir(checkpoint) else checkpoint
-  if path is None:
-    raise FileNotFoundError(f"No checkpoint in directory {checkpoint}")
-  if not tf.io.gfile.exists(f"{path}.index"):
-    raise FileNotFoundError(f"No checkpoint {path} ({path}.index is missing)")
+  path = weight_io.resolve_checkpoint(checkpoint)  # A wrong path fails before the model is built.
   model = builder.build_model(inference_options(options))
-  checkpoints.restore_model_variables(model, path)
+  weight_io.restore_model_variables(model, path)
   fold_batch_norm.fold_batch_norms(model)
   return model
 

@@ -15,8 +15,11 @@ from kmax_tf import cli
 from kmax_tf import config
 from kmax_tf import configs
 from kmax_tf import convert_deeplab2
+from kmax_tf import weight_io
 from kmax_tf.model import builder
 from kmax_tf.model.backbones import convnext
+# The trainer's initialisation from deeplab2 checkpoints is tested here, with the models and
+# checkpoints of the conversion tests.
 from kmax_tf.trainer import checkpoints
 
 import deeplab2_checkpoints  # tests/helpers
@@ -41,7 +44,7 @@ def _zero(variables):
 
 def _assert_holds(model, values, form):
   _, mapping = convert_deeplab2.build_mapping({k: v.shape for k, v in values.items()}, model)
-  by_path = checkpoints.ModelVariables(model).by_path
+  by_path = weight_io.ModelVariables(model).by_path
   for key, value in values.items():
     variable = by_path[mapping[key]]
     np.testing.assert_array_equal(variable.numpy(), value.reshape(variable.shape),
@@ -56,7 +59,7 @@ def _convert_and_check(model, listing, tmp_path):
   # The converter fills the model too; zero it so that only the written checkpoint can restore.
   backbone_only = form != convert_deeplab2.FULL
   _zero(model.encoder.variables if backbone_only else model.variables)
-  checkpoints.restore_model_variables(model, str(tmp_path / "out"), require_all=not backbone_only)
+  weight_io.restore_model_variables(model, str(tmp_path / "out"), require_all=not backbone_only)
   assert tf.train.latest_checkpoint(str(tmp_path / "out")) == saved
   # deeplab2's step count is carried over (0 for backbone checkpoints, which have none).
   step = tf.train.load_checkpoint(saved).get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE")
@@ -128,15 +131,15 @@ def test_initial_checkpoint_accepts_deeplab2_and_kmax_tf_formats(tmp_path):
   # SaveV2 writes no `checkpoint` index file, so the prefix is given, not the directory.
   assert convert_deeplab2.is_deeplab2_checkpoint(str(tmp_path / "imagenet" / "ckpt-7"))
   _zero(model.encoder.variables)
-  convert_deeplab2.load_initial_checkpoint(model, str(tmp_path / "imagenet" / "ckpt-7"))
+  checkpoints.load_initial_checkpoint(model, str(tmp_path / "imagenet" / "ckpt-7"))
   _assert_holds(model, values, "encoder")
 
   # A kmax-tf checkpoint (here: the model as it now is) goes through restore_model_variables.
-  saved = tf.train.Checkpoint(model=checkpoints.ModelVariables(model)).save(
+  saved = tf.train.Checkpoint(model=weight_io.ModelVariables(model)).save(
       str(tmp_path / "kmax" / "ckpt"))
   assert not convert_deeplab2.is_deeplab2_checkpoint(saved)
   _zero(model.encoder.variables)
-  convert_deeplab2.load_initial_checkpoint(model, str(tmp_path / "kmax"))
+  checkpoints.load_initial_checkpoint(model, str(tmp_path / "kmax"))
   _assert_holds(model, values, "kmax-tf")
 
 
@@ -194,7 +197,7 @@ def test_initialize_from_options_follows_deeplab2(tmp_path):
                              str(tmp_path / "convnext"), seed=3)
   backbone = _convnext_tiny_backbone()
   _zero(backbone.variables)
-  convert_deeplab2.initialize_from_options(
+  checkpoints.initialize_from_options(
       types.SimpleNamespace(encoder=backbone),
       _model_options("kmax_convnext_tiny", pretrained_weights=str(tmp_path / "convnext")))
   stem = "downsample_layers/0/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE"
@@ -207,7 +210,7 @@ def test_initialize_from_options_follows_deeplab2(tmp_path):
   model = _model(listing["kmax_tf_config"])
   values = deeplab2_checkpoints.write_checkpoint(listing["variables"], str(tmp_path / "r50" / "ckpt-1"), seed=4)
   _zero(model.encoder.variables)
-  convert_deeplab2.initialize_from_options(model, _model_options(
+  checkpoints.initialize_from_options(model, _model_options(
       "kmax_resnet50", pretrained_weights=str(tmp_path / "does_not_exist"),
       initial_checkpoint=str(tmp_path / "r50" / "ckpt-1")))
   _assert_holds(model, values, "encoder")
@@ -237,20 +240,20 @@ def test_initial_checkpoint_can_leave_the_semantic_last_layer(tmp_path,
   for variable in source.variables:
     if "seed_generator" not in variable.path:
       variable.assign(rng.standard_normal(variable.shape).astype(variable.dtype))
-  saved = tf.train.Checkpoint(model=checkpoints.ModelVariables(source)).save(
+  saved = tf.train.Checkpoint(model=weight_io.ModelVariables(source)).save(
       str(tmp_path / "kmax" / "ckpt"))
   target = builder.build_model(config.load_config(
       configs.config_path("synthetic/kmax_micro.textproto"),
       {"DATA_DIR": "unused", "EXPERIMENT_NAME": "unused"}, validate=False))
-  before = {k: v.numpy() for k, v in checkpoints.ModelVariables(target).by_path.items()}
+  before = {k: v.numpy() for k, v in weight_io.ModelVariables(target).by_path.items()}
   options = _model_options("kmax_resnet50", initial_checkpoint=saved)
   options.restore_semantic_last_layer_from_initial_checkpoint = restore_semantic_last_layer
-  convert_deeplab2.initialize_from_options(target, options)
+  checkpoints.initialize_from_options(target, options)
 
-  restored = checkpoints.ModelVariables(source).by_path
+  restored = weight_io.ModelVariables(source).by_path
   last_layer = [k for k in before if k.startswith(convert_deeplab2.SEMANTIC_LAST_LAYER)]
   assert sorted(last_layer) == ["semantic_head/final_conv/bias", "semantic_head/final_conv/kernel"]
-  for key, variable in checkpoints.ModelVariables(target).by_path.items():
+  for key, variable in weight_io.ModelVariables(target).by_path.items():
     if "seed_generator" in key:
       continue
     kept = key in last_layer and not restore_semantic_last_layer

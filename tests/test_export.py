@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kmax_tf import cli, config, configs, export, geometry, predict
+from kmax_tf import cli, config, configs, export, geometry, predict, weight_io
 from kmax_tf.model import builder
-from kmax_tf.trainer import checkpoints
 
 import serving_check  # tests/helpers
 
@@ -35,7 +34,7 @@ def exported(tmp_path_factory):
   for variable in model.variables:
     if "moving_mean" in variable.path:
       variable.assign(rng.normal(0, 0.1, variable.shape).astype("float32"))
-  prefix = tf.train.Checkpoint(model=checkpoints.ModelVariables(model)).save(
+  prefix = tf.train.Checkpoint(model=weight_io.ModelVariables(model)).save(
       str(root / "ckpt" / "ckpt"))
   output_dir = str(root / "saved_model")
   assert cli.main(["export", "--config_file", str(_CONFIG), "--checkpoint", prefix,

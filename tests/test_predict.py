@@ -9,12 +9,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kmax_tf import cli, config, configs, predict
+from kmax_tf import cli, config, configs, predict, weight_io
 from kmax_tf.data import synthetic
 from kmax_tf.datasets import get_dataset
 from kmax_tf.evaluation import evaluator, pq_files
 from kmax_tf.model import builder
-from kmax_tf.trainer import checkpoints
 
 _CONFIG = configs.config_path("synthetic/kmax_micro.textproto")
 DATASET = get_dataset("synthetic_panoptic")
@@ -24,7 +23,7 @@ DATASET = get_dataset("synthetic_panoptic")
 def predicted(tmp_path_factory):
   root = tmp_path_factory.mktemp("predict")
   options = config.load_config(_CONFIG, {"DATA_DIR": "/unused", "EXPERIMENT_NAME": "p"})
-  prefix = tf.train.Checkpoint(model=checkpoints.ModelVariables(
+  prefix = tf.train.Checkpoint(model=weight_io.ModelVariables(
       builder.build_model(options))).save(str(root / "ckpt" / "ckpt"))
   images_dir, gt_dir = root / "images", root / "gt"
   images_dir.mkdir()

@@ -1,4 +1,5 @@
-"""Checkpointing that survives being killed: resume from the newest readable checkpoint.
+"""The trainer's checkpoints: resume from the newest readable one, or start a new run from
+`initial_checkpoint` / `pretrained_weights`.
 
 `tf.train.CheckpointManager` writes a checkpoint atomically (data files first, the `checkpoint`
 index last), so a run killed mid-save leaves the previous checkpoint as the latest. A checkpoint
@@ -7,11 +8,18 @@ the one before it, with a warning, instead of failing the restart.
 
 A save killed before it finished leaves its shards in a `<prefix>_temp/` directory (TensorFlow
 writes them there and moves them into place last); the trainer removes those on start.
+
+A new run (nothing to resume) is initialised like deeplab2's (`initialize_from_options`), reading
+deeplab2 checkpoints through `kmax_tf.convert_deeplab2` and kmax-tf ones through
+`kmax_tf.weight_io`.
 """
 from __future__ import annotations
 
 from absl import logging
 import tensorflow as tf
+
+from kmax_tf import convert_deeplab2
+from kmax_tf import weight_io
 
 # What a damaged checkpoint raises when read. A data file cut short (full disk, lost node) makes
 # the checkpoint reader raise IndexError ("Read less bytes than requested").
@@ -54,66 +62,38 @@ class ResilientCheckpointManager(tf.train.CheckpointManager):
     return removed
 
 
-class ModelVariables(tf.Module):
-  """Checkpoint node holding every variable of a Keras model under its Keras path.
+def initialize_from_options(model, model_options) -> None:
+  """deeplab2's initialisation of a new training run, in deeplab2's order.
 
-  `tf.train.Checkpoint(model=keras_model)` tracks only what TensorFlow's object graph reaches
-  through Keras 3 attributes, which misses sub-layers kept in Python containers; checkpoints then
-  lose weights silently. Keying each variable by `variable.path` (unique within a model, stable
-  across runs and independent of tracking quirks) saves all of them, seed-generator states
-  included, under readable names.
+  1. `backbone.pretrained_weights` into the backbone: deeplab2 reads it while building ConvNeXt
+     (and MOAT) backbones and ignores it for the (Axial-)ResNets, so does this;
+  2. `initial_checkpoint` over it (`load_initial_checkpoint`), as deeplab2's trainer does before
+     the first step, without the semantic head's last layer when
+     `restore_semantic_last_layer_from_initial_checkpoint` is false (e.g. to fine-tune on a
+     dataset with other classes). `restore_instance_last_layer_from_initial_checkpoint` names
+     Panoptic-DeepLab layers that kMaX does not have, so, as in deeplab2, it changes nothing.
+  Nothing happens when neither is set.
   """
-
-  def __init__(self, model, include_seed_states: bool = True):
-    """`include_seed_states=False` leaves out the RNG states of dropout/drop-path layers.
-
-    Keras names those states by a process-wide counter (`seed_generator_<n>`), not by their
-    layer, so they line up only between processes that build the same objects in the same order
-    (a resumed training run does); loading weights into a second model built in the same
-    process (export after training) must skip them.
-    """
-    super().__init__(name="model_variables")
-    by_path = {}
-    prefix = f"{model.name}/"
-    for variable in model.variables:
-      if not include_seed_states and is_seed_state(variable):
-        continue
-      # Relative to the model, so auto-uniquified model names ("model_1") do not matter.
-      key = variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
-      if key in by_path and by_path[key] is not variable:
-        raise ValueError(f"Two variables of {model.name} share the path {key!r}")
-      by_path[key] = variable
-    self.by_path = by_path
+  pretrained = model_options.backbone.pretrained_weights
+  if pretrained:
+    if "convnext" in model_options.backbone.name:
+      convert_deeplab2.load_pretrained_weights(model.encoder, pretrained)
+    else:
+      logging.warning("backbone.pretrained_weights is ignored for %s (deeplab2 reads it only "
+                      "for ConvNeXt backbones); use initial_checkpoint",
+                      model_options.backbone.name)
+  if model_options.initial_checkpoint:
+    skip = (() if model_options.restore_semantic_last_layer_from_initial_checkpoint
+            else (convert_deeplab2.SEMANTIC_LAST_LAYER,))
+    load_initial_checkpoint(model, model_options.initial_checkpoint, skip)
 
 
-def is_seed_state(variable) -> bool:
-  """Whether `variable` is the state of a `keras.random.SeedGenerator`."""
-  return variable.path.rsplit("/", 1)[-1] == "seed_generator_state"
-
-
-def restore_model_variables(model, path: str, require_all: bool = True,
-                            skip_prefixes: tuple[str, ...] = ()) -> None:
-  """Loads a kmax-tf checkpoint's model weights into `model`.
-
-  Args:
-    model: the Keras model.
-    path: a checkpoint prefix or a directory (its latest checkpoint).
-    require_all: every model variable must be in the checkpoint; otherwise at least one must
-      (e.g. a backbone-only `initial_checkpoint`).
-    skip_prefixes: model variables whose path (relative to the model) starts with one of these
-      keep their values, whatever the checkpoint holds for them (shape included).
-  """
-  if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
-    if latest is None:
-      raise FileNotFoundError(f"No checkpoint in directory {path}")
-    path = latest
-  node = ModelVariables(model, include_seed_states=False)
-  node.by_path = {key: variable for key, variable in node.by_path.items()
-                  if not key.startswith(tuple(skip_prefixes))}
-  status = tf.train.Checkpoint(model=node).restore(path).expect_partial()
-  if require_all:
-    status.assert_existing_objects_matched()
+def load_initial_checkpoint(model, path: str, skip_prefixes: tuple[str, ...] = ()) -> None:
+  """Loads `initial_checkpoint` into `model`: a deeplab2 checkpoint of any form (full model or
+  pretrained backbone) or a kmax-tf checkpoint (possibly partial); variables whose kmax-tf key
+  starts with one of `skip_prefixes` keep their values."""
+  if convert_deeplab2.is_deeplab2_checkpoint(path):
+    convert_deeplab2.assign_from_deeplab2(model, path, skip_prefixes)
   else:
-    status.assert_nontrivial_match()
-  logging.info("Loaded %d model variables from %s", len(node.by_path), path)
+    weight_io.restore_model_variables(model, path, require_all=False,
+                                      skip_prefixes=skip_prefixes)

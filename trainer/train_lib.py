@@ -9,6 +9,7 @@ import keras
 import orbit
 import tensorflow as tf
 
+from kmax_tf import weight_io
 from kmax_tf.trainer import checkpoints
 from kmax_tf.trainer import distribution
 from kmax_tf.trainer import optimizer as optimizer_lib
@@ -62,7 +63,6 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
   before anything is built.
   """
   # Imported here so that `kmax_tf.trainer` stays importable without building models.
-  from kmax_tf import convert_deeplab2  # pylint: disable=import-outside-toplevel
   from kmax_tf import datasets  # pylint: disable=import-outside-toplevel
   from kmax_tf.data import reader  # pylint: disable=import-outside-toplevel
   from kmax_tf.losses import kmax_loss  # pylint: disable=import-outside-toplevel
@@ -94,7 +94,7 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
     global_step = orbit.utils.create_global_step()
     trainer = evaluator = None
     checkpoint_items = {"global_step": global_step,
-                        "model": checkpoints.ModelVariables(model)}
+                        "model": weight_io.ModelVariables(model)}
     if mode in ("train", "train_and_eval"):
       loss = kmax_loss.build_loss(options, training=True, seed=run_options.seed)
       optimizers = optimizer_lib.build_optimizers(
@@ -127,7 +127,7 @@ def run_experiment(mode: str, options, model_dir: str, master: str | None = None
 
     # A new run (no checkpoint in model_dir yet) starts from backbone.pretrained_weights and
     # then initial_checkpoint (deeplab2 or kmax-tf format, detected), as deeplab2 does.
-    init_fn = lambda: convert_deeplab2.initialize_from_options(model, options.model_options)
+    init_fn = lambda: checkpoints.initialize_from_options(model, options.model_options)
     # Under MultiWorkerMirroredStrategy every worker takes part in saving, but only the chief
     # writes to model_dir and summaries; the others keep their (identical) copy apart.
     checkpoint_dir = model_dir

@@ -1,5 +1,4 @@
 """Tests for kmax_tf.trainer.checkpoints: fallback past unreadable checkpoints."""
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -82,43 +81,3 @@ def test_initializes_when_nothing_is_readable(tmp_path):
   restored = tf.Variable(-1.0)
   assert _manager(tmp_path, restored, calls).restore_or_initialize() is None
   assert calls == [True] and float(restored.numpy()) == -1.0
-
-
-class _Nested(keras.layers.Layer):
-  """Keeps sub-layers in a list: the case TensorFlow's object graph does not reach."""
-
-  def __init__(self, **kwargs):
-    super().__init__(**kwargs)
-    self.blocks = [keras.layers.Dense(3, name=f"dense_{i}") for i in range(2)]
-
-  def call(self, x):
-    for block in self.blocks:
-      x = block(x)
-    return x
-
-
-def _nested_model():
-  inputs = keras.Input((4,))
-  return keras.Model(inputs, _Nested(name="nested")(inputs))
-
-
-def test_model_variables_saves_and_restores_every_weight(tmp_path):
-  model = _nested_model()
-  path = tf.train.Checkpoint(model=checkpoints.ModelVariables(model)).save(str(tmp_path / "c"))
-  saved = {v.path: v.numpy() for v in model.variables}
-  assert len(saved) == 4
-  fresh = _nested_model()
-  checkpoints.restore_model_variables(fresh, path)
-  for variable in fresh.variables:
-    np.testing.assert_array_equal(variable.numpy(), saved[variable.path])
-
-
-def test_restore_requires_every_variable_unless_told(tmp_path):
-  small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense_0")])
-  path = tf.train.Checkpoint(model=checkpoints.ModelVariables(small)).save(str(tmp_path / "c"))
-  model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense_0"),
-                            keras.layers.Dense(2, name="dense_1")])
-  with pytest.raises(AssertionError):
-    checkpoints.restore_model_variables(model, path)
-  checkpoints.restore_model_variables(model, str(tmp_path), require_all=False)
-  np.testing.assert_array_equal(model.layers[0].kernel.numpy(), small.layers[0].kernel.numpy())

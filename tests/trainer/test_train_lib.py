@@ -201,9 +201,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_dir, tmp_path)
 _WRITE_CHECKPOINTS = """
 import pathlib, sys, time
 import keras, orbit, tensorflow as tf
-from kmax_tf import config
+from kmax_tf import config, weight_io
 from kmax_tf.model import builder
-from kmax_tf.trainer import checkpoints, train_lib
+from kmax_tf.trainer import train_lib
 config_file, data_dir, model_dir = sys.argv[1:4]
 options = config.load_config(config_file, {"DATA_DIR": data_dir, "EXPERIMENT_NAME": "micro"})
 keras.utils.set_random_seed(1)
@@ -211,7 +211,7 @@ model = builder.build_model(options)
 step = orbit.utils.create_global_step()
 directory = train_lib.experiment_dir(model_dir, options)
 manager = tf.train.CheckpointManager(tf.train.Checkpoint(
-    global_step=step, model=checkpoints.ModelVariables(model)), directory, max_to_keep=5)
+    global_step=step, model=weight_io.ModelVariables(model)), directory, max_to_keep=5)
 step.assign(2)
 manager.save(checkpoint_number=2)
 # The second checkpoint appears only once the first one has been evaluated.
