@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 from kmax_tf import datasets
 from kmax_tf.config_types import ConfigError, Placeholder
 
+# The backbones `kmax_tf.model.builder` builds (ConvNeXt: the variants deeplab2's kMaX configs use).
 KMAX_BACKBONES = (
     "kmax_resnet50", "kmax_axial_resnet50", "kmax_convnext_tiny", "kmax_convnext_small",
     "kmax_convnext_base", "kmax_convnext_large",

@@ -20,6 +20,7 @@ import importlib
 import keras
 import numpy as np
 
+from kmax_tf import config_validation
 from kmax_tf import datasets
 from kmax_tf.model import heads
 from kmax_tf.model import kmax_deeplab
@@ -30,9 +31,6 @@ from kmax_tf.model.backbones import axial_resnet
 from kmax_tf.model.backbones import resnet
 from kmax_tf.model.layers import norm
 
-CONVNEXT_VARIANTS = ("tiny", "small", "base", "large")
-BACKBONE_NAMES = ("kmax_resnet50", "kmax_axial_resnet50") + tuple(
-    f"kmax_convnext_{v}" for v in CONVNEXT_VARIANTS)
 # Endpoint strides: ResNet stems are stride 2, the ConvNeXt stem is stride 4.
 _RESNET_STRIDES = {"stage1": 2, "stage2": 4, "stage3": 8, "stage4": 16, "stage5": 32}
 _CONVNEXT_STRIDES = {"stage1": 4, "stage2": 4, "stage3": 8, "stage4": 16, "stage5": 32}
@@ -56,8 +54,9 @@ def norm_factory(options) -> norm.BatchNormFactory:
 def build_backbone(backbone_options, norm_layer):
   """Dispatch by `backbone.name`; returns a model mapping images to the endpoint dict."""
   name = backbone_options.name
-  if name not in BACKBONE_NAMES:
-    raise ValueError(f"Unsupported backbone {name!r}; supported: {', '.join(BACKBONE_NAMES)}")
+  if name not in config_validation.KMAX_BACKBONES:
+    raise ValueError(f"Unsupported backbone {name!r}; supported: "
+                     f"{', '.join(config_validation.KMAX_BACKBONES)}")
   if name.startswith("kmax_convnext_"):
     # Imported lazily: ConvNeXt lives in its own module and is not needed by ResNet models.
     convnext = importlib.import_module("kmax_tf.model.backbones.convnext")

@@ -12,7 +12,9 @@ import keras
 import pytest
 
 from kmax_tf import config
+from kmax_tf import config_validation
 from kmax_tf.model import builder
+from kmax_tf.model.backbones import convnext
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
@@ -101,6 +103,16 @@ def test_config_errors():
   options.model_options.max_deeplab.pixel_decoder_num_blocks.extend([1, 1])
   with pytest.raises(ValueError, match="pixel_decoder_num_blocks"):
     builder.build_model(options, build=False)
+
+
+def test_every_validated_backbone_name_has_a_builder():
+  # The builder dispatches on the one name list the validator checks configs against: ConvNeXt
+  # names by variant, the rest to the two ResNets.
+  names = set(config_validation.KMAX_BACKBONES)
+  convnext_names = {name for name in names if name.startswith("kmax_convnext_")}
+  assert {name.removeprefix("kmax_convnext_") for name in convnext_names} <= set(
+      convnext.CONVNEXT_VARIANTS)
+  assert names - convnext_names == {"kmax_resnet50", "kmax_axial_resnet50"}
 
 
 def test_convnext_dispatch_uses_stride4_stem():
