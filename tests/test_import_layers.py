@@ -196,8 +196,9 @@ def test_the_scan_covers_the_mapped_directories():
   modules = repository_modules()
   assert modules["kmax_tf.trainer.train"][0] == REPO / "trainer" / "train.py"
   assert modules["kmax_tf.evaluation"][0] == REPO / "evaluation" / "__init__.py"
-  assert modules["kmax_tf.model.layers.conv"][0] == REPO / "kmax_tf" / "model" / "layers" / "conv.py"
-  files = [p for d in ("kmax_tf", "trainer", "evaluation", "configs") for p in (REPO / d).rglob("*.py")]
+  assert modules["kmax_tf.model.layers.conv"][0] == REPO / "kmax_tf/model/layers/conv.py"
+  files = [path for directory in ("kmax_tf", "trainer", "evaluation", "configs")
+           for path in (REPO / directory).rglob("*.py")]
   assert len(modules) == len(files)
 
 
@@ -232,6 +233,21 @@ def test_the_checker_reports_an_upward_import(source, target):
   assert problem.startswith("kmax_tf/model/builder.py:")
   assert f"kmax_tf.model.builder (library) imports {target} (" in problem
   assert problem.endswith("a layer above it")
+
+
+@pytest.mark.parametrize("importer,source,target", [
+    ("kmax_tf.trainer.train", "from kmax_tf.commands.config import parse_overrides\n",
+     "kmax_tf.commands.config"),
+    ("kmax_tf.evaluation.evaluator", "from kmax_tf.trainer import summaries\n",
+     "kmax_tf.trainer.summaries"),
+    ("kmax_tf.convert_deeplab2", "from kmax_tf.trainer import checkpoints\n",
+     "kmax_tf.trainer.checkpoints"),
+    ("kmax_tf.config", "def f():\n  from kmax_tf.model import builder\n", "kmax_tf.model.builder"),
+])
+def test_the_checker_reports_imports_from_each_higher_layer(importer, source, target):
+  modules = _synthetic(**{importer.replace(".", "__"): source, target.replace(".", "__"): ""})
+  [problem] = check(modules)
+  assert f" {importer} (" in problem and f" imports {target} (" in problem
 
 
 def test_the_checker_accepts_downward_and_same_layer_imports():
