@@ -25,7 +25,7 @@ class PanopticQuality(keras.metrics.Metric):
   """
 
   def __init__(self, num_classes: int, ignored_label: int, max_instances_per_category: int,
-               offset: int = 256 ** 3, thing_class_ids=None, crowd_convention: str = "deeplab2",
+               offset: int | None = None, thing_class_ids=None, crowd_convention: str = "deeplab2",
                name: str = "panoptic_quality", **kwargs):
     super().__init__(name=name, **kwargs)
     if crowd_convention not in CROWD_CONVENTIONS:
@@ -34,9 +34,9 @@ class PanopticQuality(keras.metrics.Metric):
     self.num_classes = int(num_classes)
     self.ignored_label = int(ignored_label)
     self.max_instances_per_category = int(max_instances_per_category)
-    # Kept for deeplab2 config compatibility: ids are remapped to compact indices, so no
-    # pair-encoding offset is needed.
-    self.offset = int(offset)
+    # deeplab2's signature requires `offset` (its trainer passes it by keyword); segments are
+    # remapped to compact indices here, so no pair-encoding offset is needed.
+    del offset
     self.thing_class_ids = None if thing_class_ids is None else tuple(thing_class_ids)
     self.crowd_convention = crowd_convention
     self._accumulators = {
@@ -145,6 +145,6 @@ class PanopticQuality(keras.metrics.Metric):
     config = super().get_config()
     config.update(num_classes=self.num_classes, ignored_label=self.ignored_label,
                   max_instances_per_category=self.max_instances_per_category,
-                  offset=self.offset, thing_class_ids=self.thing_class_ids,
+                  thing_class_ids=self.thing_class_ids,
                   crowd_convention=self.crowd_convention)
     return config
