@@ -22,6 +22,9 @@ class PanopticQuality(keras.metrics.Metric):
 
   The four accumulators are `[num_classes]` float64 variables with SUM aggregation, so per-replica
   metrics add up. `update_state` runs eagerly (numpy).
+
+  `offset` (deeplab2's bound for encoding id pairs, a required argument there) is accepted so
+  that deeplab2-style calls work, and ignored.
   """
 
   def __init__(self, num_classes: int, ignored_label: int, max_instances_per_category: int,
@@ -34,8 +37,7 @@ class PanopticQuality(keras.metrics.Metric):
     self.num_classes = int(num_classes)
     self.ignored_label = int(ignored_label)
     self.max_instances_per_category = int(max_instances_per_category)
-    # deeplab2's signature requires `offset` (its trainer passes it by keyword); segments are
-    # remapped to compact indices here, so no pair-encoding offset is needed.
+    # Segments are remapped to compact indices here: no id pair needs encoding.
     del offset
     self.thing_class_ids = None if thing_class_ids is None else tuple(thing_class_ids)
     self.crowd_convention = crowd_convention
