@@ -11,7 +11,6 @@ region of the model input is the top-left `size_raw`.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from kmax_tf import geometry, postprocess
+from kmax_tf import inference, panoptic_files
 from kmax_tf.evaluation import coco_ap, miou, panoptic_quality
 
 
@@ -43,23 +42,13 @@ class Evaluator:
     self.dataset = dataset
     self.options = evaluator_options
     self.crowd_convention = crowd_convention
-    self.postprocessing = postprocess.PostProcessingOptions.from_evaluator_options(
-        evaluator_options)
     self.save_dir = evaluator_options.override_save_dir or output_dir
     if evaluator_options.save_predictions and not self.save_dir:
       raise ValueError("save_predictions needs an output_dir or override_save_dir")
-    # One trace per input size: post-processing needs static sizes.
-    self._predict = (tf.function(self._forward)
-                     if evaluator_options.use_tf_function else self._forward)
-
-  def _forward(self, images):
-    outputs = self.model(images, training=False, semantic_logits=False)
-    height, width = images.shape[1], images.shape[2]
-    processor = postprocess.PostProcessor(
-        self.postprocessing, self.dataset.thing_class_ids, self.dataset.stuff_class_ids,
-        self.dataset.ignore_label, self.dataset.panoptic_label_divisor,
-        (geometry.padded_length(height, 32), geometry.padded_length(width, 32)))
-    return processor(outputs["pixel_space_mask_logits"], outputs["transformer_class_logits"])
+    predictor = inference.Predictor(model, dataset, evaluator_options)
+    # One trace per input size (post-processing needs static sizes); the crop and raw sizes are
+    # tensors so that they do not retrace it.
+    self._predict = tf.function(predictor) if evaluator_options.use_tf_function else predictor
 
   def _metrics(self):
     d = self.dataset
@@ -91,7 +80,8 @@ class Evaluator:
         raise ValueError(f"Evaluation needs batch size 1; image has shape {images.shape}")
       raw_size = [int(v) for v in np.asarray(sample["size_raw"]).reshape(-1)[:2]]
       valid = [min(raw_size[0], images.shape[1]), min(raw_size[1], images.shape[2])]
-      predictions = postprocess.undo_padding(self._predict(images), valid, raw_size)
+      predictions = self._predict(images, tf.constant(valid, tf.int32),
+                                  tf.constant(raw_size, tf.int32))
       panoptic = predictions["panoptic_pred"][0].numpy()
       gt_panoptic = np.asarray(sample["panoptic_raw"])[0]
       is_crowd = np.asarray(sample["is_crowd_raw"])[0]
@@ -102,8 +92,8 @@ class Evaluator:
                       predictions["instance_scores"][0].numpy(), is_crowd=is_crowd)
       if overlays is not None and step < self.options.num_vis_samples:
         image = np.asarray(sample["image"])[0]
-        overlays.append(panoptic_overlay(image[:panoptic.shape[0], :panoptic.shape[1]], panoptic,
-                                         self.dataset))
+        overlays.append(panoptic_files.panoptic_overlay(
+            image[:panoptic.shape[0], :panoptic.shape[1]], panoptic, self.dataset))
       if self.options.save_predictions:
         name = np.asarray(sample["image_name"]).reshape(-1)[0]
         name = name.decode() if isinstance(name, bytes) else str(name)
@@ -120,73 +110,17 @@ class Evaluator:
         miou=float(iou.result()), ap=dict(zip(coco_ap.STAT_NAMES, map(float, ap_stats))),
         num_images=step)
     if saved:
-      self._write_json(saved)
+      panoptic_files.write_panoptic_json(self.save_dir, saved, self.dataset)
     return results
 
   def _save(self, name: str, panoptic: np.ndarray, image: np.ndarray, with_overlay: bool):
-    annotation = save_panoptic_png(self.save_dir, name, panoptic, self.dataset)
+    annotation = panoptic_files.save_panoptic_png(self.save_dir, name, panoptic, self.dataset)
     if with_overlay:
       os.makedirs(os.path.join(self.save_dir, "vis"), exist_ok=True)
-      overlay = panoptic_overlay(image[:panoptic.shape[0], :panoptic.shape[1]], panoptic,
-                                 self.dataset)
+      overlay = panoptic_files.panoptic_overlay(image[:panoptic.shape[0], :panoptic.shape[1]],
+                                                panoptic, self.dataset)
       Image.fromarray(overlay).save(os.path.join(self.save_dir, "vis", f"{name}.png"))
     return annotation
-
-  def _write_json(self, annotations):
-    write_panoptic_json(self.save_dir, annotations, self.dataset)
-
-
-def save_panoptic_png(save_dir: str, name: str, panoptic: np.ndarray, dataset) -> dict:
-  """Writes `<save_dir>/panoptic/<name>.png` in COCO panoptic format (segment id = panoptic id
-  + 1, 0 = void) and returns its annotation (`image_id`, `file_name`, `segments_info`)."""
-  d = dataset
-  folder = os.path.join(save_dir, "panoptic")
-  os.makedirs(folder, exist_ok=True)
-  void = panoptic // d.panoptic_label_divisor == d.ignore_label
-  # +1 keeps id 0 free for VOID even where class 0 is real (Cityscapes road, instance 0).
-  segment_map = np.where(void, 0, panoptic + 1).astype(np.int64)
-  ids, areas = np.unique(segment_map[segment_map > 0], return_counts=True)
-  segments = []
-  for segment_id, area in zip(ids, areas):
-    semantic = int((segment_id - 1) // d.panoptic_label_divisor)
-    rows, cols = np.nonzero(segment_map == segment_id)
-    category = d.eval_category_ids[semantic] if d.eval_category_ids else semantic
-    segments.append({"id": int(segment_id), "category_id": int(category), "iscrowd": 0,
-                     "area": int(area),
-                     "bbox": [int(cols.min()), int(rows.min()), int(np.ptp(cols)) + 1,
-                              int(np.ptp(rows)) + 1]})
-  rgb = np.stack([segment_map % 256, segment_map // 256 % 256, segment_map // 65536], -1)
-  file_name = f"{name}.png"
-  Image.fromarray(rgb.astype(np.uint8)).save(os.path.join(folder, file_name))
-  return {"image_id": name, "file_name": file_name, "segments_info": segments}
-
-
-def panoptic_overlay(image: np.ndarray, panoptic: np.ndarray, dataset) -> np.ndarray:
-  """uint8 `[H, W, 3]`: `image` blended half and half with the class colours of `panoptic`
-  (void pixels keep the image)."""
-  d = dataset
-  void = panoptic // d.panoptic_label_divisor == d.ignore_label
-  semantic = np.clip(panoptic // d.panoptic_label_divisor, 0, len(d.colormap) - 1)
-  colours = d.colormap[semantic].astype(np.float32)
-  # Shift thing instances' colours apart so neighbouring instances stay distinguishable.
-  instance = panoptic % d.panoptic_label_divisor
-  colours += ((instance[..., None] * np.array([37, 17, 53])) % 64 - 32) * (instance[..., None] > 0)
-  overlay = np.where(void[..., None], image, 0.5 * image + 0.5 * np.clip(colours, 0, 255))
-  return overlay.astype(np.uint8)
-
-
-def write_panoptic_json(save_dir: str, annotations, dataset) -> None:
-  """Writes `<save_dir>/panoptic.json` with `annotations` and the dataset's categories."""
-  d = dataset
-  categories = []
-  for semantic, class_name in enumerate(d.class_names):
-    if semantic == d.ignore_label:
-      continue
-    categories.append({
-        "id": int(d.eval_category_ids[semantic] if d.eval_category_ids else semantic),
-        "name": class_name, "isthing": int(d.is_thing(semantic))})
-  with open(os.path.join(save_dir, "panoptic.json"), "w", encoding="utf-8") as f:
-    json.dump({"annotations": annotations, "categories": categories}, f)
 
 
 def summary_logs(results: dict) -> dict:

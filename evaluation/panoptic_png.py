@@ -23,6 +23,8 @@ import cv2
 import deflate
 import numpy as np
 
+from kmax_tf import panoptic_files
+
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _UP, _PAETH = 2, 4  # PNG filter types (None 0, Sub 1, Up 2, Average 3, Paeth 4)
 _STORED_BLOCK = 65535  # bytes in a full stored (uncompressed) deflate block
@@ -58,15 +60,6 @@ def _chunks(png: bytes):
     raise ValueError("PNG without IHDR or IDAT chunk")
   width, height, depth, colour, _, _, interlace = header
   return height, width, colour, depth, interlace, b"".join(data)
-
-
-def _bgr_to_ids(image: np.ndarray) -> np.ndarray:
-  """OpenCV's BGR uint8 `[..., W, 3]` -> uint32 `R + 256 G + 256^2 B` `[..., W]`."""
-  # RGBA bytes read as a little-endian uint32 are R + 256 G + 256^2 B + 256^3 A.
-  rgba = cv2.cvtColor(image.reshape(-1, image.shape[-2], 3), cv2.COLOR_BGR2RGBA)
-  ids = rgba.view("<u4").reshape(image.shape[:-1])
-  ids &= 0xFFFFFF
-  return ids
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -149,7 +142,7 @@ def decode_batch(pngs: Sequence[bytes], names: Sequence[str] | None = None):
     if image is None:
       raise ValueError("Cannot decode PNG " + ", ".join(names[m[0]] for m in members)
                        + ": OpenCV rejects their rows")
-    ids = _bgr_to_ids(image)
+    ids = panoptic_files.rgb_to_ids(image, order="BGR")
     start = 0
     for index, key, _, height in members:
       results[index] = (key, ids[start + 1:start + 1 + len(key)], height)
@@ -162,13 +155,9 @@ def _decode_generic(png: bytes, height: int):
   image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
   if image is None:
     raise ValueError("OpenCV cannot decode it")
-  ids = _bgr_to_ids(image)
+  ids = panoptic_files.rgb_to_ids(image, order="BGR")
   changed = np.ones(height, bool)
   changed[1:] = (ids[1:] != ids[:-1]).any(axis=1)
   key = np.flatnonzero(changed)
   return key, ids[key], height
 
-
-def expand(key_rows: np.ndarray, ids: np.ndarray, height: int) -> np.ndarray:
-  """Full id map `[height, W]` from `decode_batch` output."""
-  return ids[np.searchsorted(key_rows, np.arange(height), side="right") - 1]

@@ -22,10 +22,13 @@ class PanopticQuality(keras.metrics.Metric):
 
   The four accumulators are `[num_classes]` float64 variables with SUM aggregation, so per-replica
   metrics add up. `update_state` runs eagerly (numpy).
+
+  `offset` (deeplab2's bound for encoding id pairs, a required argument there) is accepted so
+  that deeplab2-style calls work, and ignored.
   """
 
   def __init__(self, num_classes: int, ignored_label: int, max_instances_per_category: int,
-               offset: int = 256 ** 3, thing_class_ids=None, crowd_convention: str = "deeplab2",
+               offset: int | None = None, thing_class_ids=None, crowd_convention: str = "deeplab2",
                name: str = "panoptic_quality", **kwargs):
     super().__init__(name=name, **kwargs)
     if crowd_convention not in CROWD_CONVENTIONS:
@@ -34,9 +37,8 @@ class PanopticQuality(keras.metrics.Metric):
     self.num_classes = int(num_classes)
     self.ignored_label = int(ignored_label)
     self.max_instances_per_category = int(max_instances_per_category)
-    # Kept for deeplab2 config compatibility: ids are remapped to compact indices, so no
-    # pair-encoding offset is needed.
-    self.offset = int(offset)
+    # Segments are remapped to compact indices here: no id pair needs encoding.
+    del offset
     self.thing_class_ids = None if thing_class_ids is None else tuple(thing_class_ids)
     self.crowd_convention = crowd_convention
     self._accumulators = {
@@ -145,6 +147,6 @@ class PanopticQuality(keras.metrics.Metric):
     config = super().get_config()
     config.update(num_classes=self.num_classes, ignored_label=self.ignored_label,
                   max_instances_per_category=self.max_instances_per_category,
-                  offset=self.offset, thing_class_ids=self.thing_class_ids,
+                  thing_class_ids=self.thing_class_ids,
                   crowd_convention=self.crowd_convention)
     return config

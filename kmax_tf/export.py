@@ -31,14 +31,13 @@ import tensorflow as tf
 
 from kmax_tf.model import builder
 from kmax_tf.model import fold_batch_norm
-from kmax_tf import postprocess
+from kmax_tf import inference
 from kmax_tf import weight_io
 
 DEFAULT_SIGNATURE = "serving_default"
 BATCH_SIGNATURE = "serving_batch"
 INPUT_KEY = "input_tensor"
-RAW_OUTPUT_KEYS = ("pixel_space_mask_logits", "pixel_space_normalized_feature",
-                   "transformer_class_logits", "semantic_logits")
+RAW_OUTPUT_KEYS = inference.RAW_OUTPUT_KEYS  # the signatures' raw model outputs
 # TF Serving ignores `assets.extra`; it is the SavedModel place for caller-side metadata.
 METADATA_FILE = os.path.join("assets.extra", "kmax_tf.json")
 
@@ -62,7 +61,7 @@ def build_inference_model(options, checkpoint: str):
 
 
 class InferenceModel:
-  """Model + post-processing for uint8 images of any size (the function the SavedModel serves).
+  """`inference.Predictor` for uint8 images of any size (the function the SavedModel serves).
 
   Args:
     model: a kMaX model (`kmax_tf.model.builder.build_model`).
@@ -75,8 +74,7 @@ class InferenceModel:
   def __init__(self, model, dataset, evaluator_options, semantic_logits: bool = True):
     self.model = model
     self.dataset = dataset
-    self.semantic_logits = semantic_logits
-    self.postprocessor = postprocess.PostProcessor.from_options(evaluator_options, dataset)
+    self.predictor = inference.Predictor(model, dataset, evaluator_options, semantic_logits)
     self.serve_batch = tf.function(
         self._predict_batch, autograph=False,
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_KEY)])
@@ -87,18 +85,7 @@ class InferenceModel:
   def _predict_batch(self, input_tensor):
     """uint8 `[B, H, W, 3]` -> the output dict of the module docstring."""
     input_tensor = _checked_input(input_tensor, rank=4)
-    size = tf.shape(input_tensor)[1:3]
-    images = tf.cast(input_tensor, tf.float32)
-    outputs = self.model(images, training=False, semantic_logits=self.semantic_logits)
-    mask_logits = outputs["pixel_space_mask_logits"]
-    # The model's outputs sit at a fixed stride of the padded input of 32k + 1 pixels.
-    stride = self.dataset.pixel_decoder_output_stride
-    padded_size = (tf.shape(mask_logits)[1:3] - 1) * stride + 1
-    predictions = self.postprocessor(mask_logits, outputs["transformer_class_logits"],
-                                     output_size=padded_size)
-    predictions = postprocess.crop_padding(predictions, size)
-    predictions.update({key: outputs[key] for key in RAW_OUTPUT_KEYS if key in outputs})
-    return predictions
+    return self.predictor(tf.cast(input_tensor, tf.float32))
 
   def _predict_image(self, input_tensor):
     """uint8 `[H, W, 3]` -> the output dict with batch 1."""

@@ -10,19 +10,11 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def padded_length(length: int, stride: int = 32) -> int:
-  """Smallest `stride * k + 1 >= length`."""
-  if length < 1:
+def padded_length(length, stride: int = 32):
+  """Smallest `stride * k + 1 >= length`, for an int or an int32 tensor of lengths."""
+  if not isinstance(length, tf.Tensor) and length < 1:
     raise ValueError(f"length must be positive, got {length}")
   return -(-(length - 1) // stride) * stride + 1
-
-
-def feature_length(length: int, stride: int) -> int:
-  """Feature length at `stride` of an input of `length = stride * k + 1` pixels."""
-  if (length - 1) % stride:
-    raise ValueError(
-        f"length {length} is not of the form {stride}*k+1; pad it with padded_length() first")
-  return (length - 1) // stride + 1
 
 
 def resize_align_corners(images: tf.Tensor, size, method: str = "bilinear") -> tf.Tensor:

@@ -18,10 +18,9 @@ import sys
 from typing import Callable, Iterable
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from kmax_tf import images
-from kmax_tf.evaluation import evaluator
+from kmax_tf import images, panoptic_files
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # The five post-processing outputs, per image `[H, W]`.
@@ -92,20 +91,6 @@ def checkpoint_predictor(options, checkpoint: str):
   return (lambda image: _unbatch(inference(image))), dataset
 
 
-def labelled_overlay(image: np.ndarray, panoptic: np.ndarray, dataset) -> np.ndarray:
-  """`evaluator.panoptic_overlay` with each segment's class name written at its centroid."""
-  canvas = Image.fromarray(evaluator.panoptic_overlay(image, panoptic, dataset))
-  draw = ImageDraw.Draw(canvas)
-  void = panoptic // dataset.panoptic_label_divisor == dataset.ignore_label
-  for segment in np.unique(panoptic[~void]):
-    rows, cols = np.nonzero(panoptic == segment)
-    name = dataset.class_names[segment // dataset.panoptic_label_divisor]
-    # Dark text with a light outline stays readable on any class colour.
-    draw.text((float(cols.mean()), float(rows.mean())), name, fill=(0, 0, 0), anchor="mm",
-              stroke_width=1, stroke_fill=(255, 255, 255))
-  return np.asarray(canvas)
-
-
 def write_semantic_png(path: str, semantic: np.ndarray, num_classes: int) -> None:
   dtype = np.uint8 if num_classes <= 256 else np.uint16
   Image.fromarray(semantic.astype(dtype)).save(path)
@@ -141,13 +126,13 @@ def predict_files(predict_fn: PredictFn, dataset, image_paths: Iterable[str], ou
       name = image_name(path)
       predictions = predict_fn(image)
       panoptic = predictions["panoptic_pred"]
-      annotations.append(evaluator.save_panoptic_png(output_dir, name, panoptic, dataset))
+      annotations.append(panoptic_files.save_panoptic_png(output_dir, name, panoptic, dataset))
       write_semantic_png(os.path.join(paths["semantic_dir"], f"{name}.png"),
                          predictions["semantic_pred"], dataset.num_classes)
-      Image.fromarray(labelled_overlay(image, panoptic, dataset)).save(
+      Image.fromarray(panoptic_files.labelled_overlay(image, panoptic, dataset)).save(
           os.path.join(paths["vis_dir"], f"{name}.png"))
   finally:
-    evaluator.write_panoptic_json(output_dir, annotations, dataset)
+    panoptic_files.write_panoptic_json(output_dir, annotations, dataset)
   paths["num_images"] = len(annotations)
   paths["failures"] = failures
   return paths

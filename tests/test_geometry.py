@@ -12,11 +12,12 @@ def test_padded_length(length, expected):
   assert geometry.padded_length(length) == expected
 
 
-def test_feature_length_rejects_unpadded_sizes():
-  assert geometry.feature_length(1281, 4) == 321
-  assert geometry.feature_length(2049, 32) == 65
-  with pytest.raises(ValueError, match="not of the form 32\\*k\\+1"):
-    geometry.feature_length(640, 32)
+def test_padded_length_of_tensors():
+  lengths = [1, 2, 33, 34, 640, 641, 1024, 1281]
+  np.testing.assert_array_equal(geometry.padded_length(tf.constant(lengths)),
+                                [geometry.padded_length(length) for length in lengths])
+  with pytest.raises(ValueError, match="must be positive"):
+    geometry.padded_length(0)
 
 
 def test_resize_align_corners_keeps_corners_and_interpolates_linearly():

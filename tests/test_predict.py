@@ -9,10 +9,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kmax_tf import cli, config, configs, predict, weight_io
+from kmax_tf import cli, config, configs, panoptic_files, predict, weight_io
 from kmax_tf.data import synthetic
 from kmax_tf.datasets import get_dataset
-from kmax_tf.evaluation import evaluator, pq_files
+from kmax_tf.evaluation import pq_files
 from kmax_tf.model import builder
 
 _CONFIG = configs.config_path("synthetic/kmax_micro.textproto")
@@ -31,8 +31,9 @@ def predicted(tmp_path_factory):
   for index in range(3):
     image, panoptic = synthetic.draw_scene(synthetic.scene_rng(7, "val", index), 48 + 8 * index)
     Image.fromarray(image).save(images_dir / f"img{index}.png")
-    annotations.append(evaluator.save_panoptic_png(str(gt_dir), f"img{index}", panoptic, DATASET))
-  evaluator.write_panoptic_json(str(gt_dir), annotations, DATASET)
+    annotations.append(
+        panoptic_files.save_panoptic_png(str(gt_dir), f"img{index}", panoptic, DATASET))
+  panoptic_files.write_panoptic_json(str(gt_dir), annotations, DATASET)
   # Unreadable files first and between the images: each is reported and skipped.
   (images_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
   jpeg = io.BytesIO()
@@ -88,16 +89,6 @@ def test_files_written_per_image(predicted):
     assert vis.shape == (size, size, 3)
     for segment in annotation["segments_info"]:
       assert segment["iscrowd"] == 0 and segment["area"] > 0 and len(segment["bbox"]) == 4
-
-
-def test_labelled_overlay_writes_class_names():
-  image = np.full((40, 60, 3), 128, np.uint8)
-  panoptic = np.full((40, 60), 1 * 256)  # one sky segment
-  plain = evaluator.panoptic_overlay(image, panoptic, DATASET)
-  labelled = predict.labelled_overlay(image, panoptic, DATASET)
-  changed = np.any(labelled != plain, axis=-1)
-  # Text is drawn around the centroid only.
-  assert changed.any() and not changed[:, :10].any() and not changed[:, -10:].any()
 
 
 def test_list_images_errors(tmp_path):

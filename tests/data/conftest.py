@@ -6,16 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kmax_tf import panoptic_files
+
 
 def save_image(path, array, fmt=None):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(np.asarray(array, np.uint8)).save(path, format=fmt)
-
-
-def ids_to_rgb(ids):
-  """COCO panoptic PNG colours: id = R + 256 G + 256^2 B."""
-  ids = np.asarray(ids, np.int64)
-  return np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
 
 
 def write_panoptic_annotation(json_path, png_dir, entries, categories=None, images=None):
@@ -23,7 +19,7 @@ def write_panoptic_annotation(json_path, png_dir, entries, categories=None, imag
   os.makedirs(png_dir, exist_ok=True)
   annotations = []
   for file_name, image_id, ids, segments in entries:
-    save_image(os.path.join(png_dir, file_name), ids_to_rgb(ids), "PNG")
+    save_image(os.path.join(png_dir, file_name), panoptic_files.ids_to_rgb(ids), "PNG")
     for s in segments:
       s.setdefault("area", int((ids == s["id"]).sum()))
     annotations.append({"file_name": file_name, "image_id": image_id, "segments_info": segments})
@@ -75,7 +71,6 @@ def helpers():
     pass
   h = Helpers()
   h.save_image = save_image
-  h.ids_to_rgb = ids_to_rgb
   h.write_panoptic_annotation = write_panoptic_annotation
   h.scene_segment_ids = scene_segment_ids
   h.random_image = random_image

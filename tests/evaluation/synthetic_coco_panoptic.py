@@ -9,9 +9,7 @@ import os
 import numpy as np
 from PIL import Image
 
-
-def _id_to_rgb(ids):
-  return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+from kmax_tf import panoptic_files
 
 
 def _paint(array, box, value, shapes):
@@ -98,7 +96,8 @@ def write_synthetic_set(root, num_images, height, width, seed=0, num_categories=
           segment["iscrowd"] = int(crowd[where].any() and k % 1000 > 0)
         segments.append(segment)
       file_name = f"{image_id:06d}.png"
-      Image.fromarray(_id_to_rgb(id_map)).save(os.path.join(folders[name], file_name))
+      Image.fromarray(panoptic_files.ids_to_rgb(id_map)).save(
+          os.path.join(folders[name], file_name))
       annotations[name].append({"image_id": image_id, "file_name": file_name,
                                 "segments_info": segments})
   paths = []

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kmax_tf import geometry
+from kmax_tf import geometry, panoptic_files
 from kmax_tf.datasets import get_dataset
 from kmax_tf.evaluation import evaluator, pq_files
 from kmax_tf.protos import evaluator_pb2
@@ -94,8 +94,7 @@ def test_saved_predictions_are_valid_coco_panoptic(tmp_path):
   os.makedirs(tmp_path / "gt")
   panoptic = sample["panoptic_raw"][0]
   ids = np.where(panoptic == 0, 0, panoptic + 1)
-  Image.fromarray(np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
-                  ).save(tmp_path / "gt" / "img0.png")
+  Image.fromarray(panoptic_files.ids_to_rgb(ids)).save(tmp_path / "gt" / "img0.png")
   segments = [{"id": int(i), "category_id": int((i - 1) // DIVISOR), "iscrowd": 0,
                "area": int((ids == i).sum())} for i in np.unique(ids) if i]
   with open(tmp_path / "gt.json", "w") as f:

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from kmax_tf import panoptic_files
 from kmax_tf.evaluation import panoptic_png
 
 
@@ -53,8 +54,15 @@ def label_map(rng, height, width, bpp):
 
 
 def ids_of(pixels):
-  wide = pixels.astype(np.int64)
-  return wide[..., 0] + 256 * wide[..., 1] + 65536 * wide[..., 2]
+  return panoptic_files.rgb_to_ids(pixels[..., :3])
+
+
+def full_map(key_rows, ids, height):
+  """The id map `[height, W]` of `decode_batch` output: each row repeats the last key row at or
+  above it."""
+  is_key = np.zeros(height, np.int64)
+  is_key[key_rows] = 1
+  return ids[np.cumsum(is_key) - 1]
 
 
 def test_every_filter_mix_decodes_exactly():
@@ -72,7 +80,7 @@ def test_every_filter_mix_decodes_exactly():
   decoded = panoptic_png.decode_batch(pngs)
   for pixels, png, (key, ids, height) in zip(images, pngs, decoded):
     assert height == 12 and key[0] == 0
-    np.testing.assert_array_equal(panoptic_png.expand(key, ids, height), ids_of(pixels))
+    np.testing.assert_array_equal(full_map(key, ids, height), ids_of(pixels))
     # Rows left out repeat the row above.
     full = ids_of(pixels)
     left_out = np.setdiff1d(np.arange(12), key)
@@ -90,7 +98,7 @@ def test_matches_opencv_on_compressed_label_maps(tmp_path):
       pngs.append(f.read())
     expected.append(ids_of(pixels))
   for want, (key, ids, height) in zip(expected, panoptic_png.decode_batch(pngs)):
-    np.testing.assert_array_equal(panoptic_png.expand(key, ids, height), want)
+    np.testing.assert_array_equal(full_map(key, ids, height), want)
 
 
 def test_grey_png_goes_through_opencv(tmp_path):
@@ -98,7 +106,7 @@ def test_grey_png_goes_through_opencv(tmp_path):
   cv2.imwrite(str(tmp_path / "g.png"), grey)
   with open(tmp_path / "g.png", "rb") as f:
     (key, ids, height), = panoptic_png.decode_batch([f.read()])
-  np.testing.assert_array_equal(panoptic_png.expand(key, ids, height), grey.astype(np.int64) * 65793)
+  np.testing.assert_array_equal(full_map(key, ids, height), grey.astype(np.int64) * 65793)
 
 
 def test_corrupt_data_names_the_file():
@@ -117,7 +125,7 @@ def test_batches_spanning_several_stored_deflate_blocks():
   images = [rng.integers(0, 256, (128, 171, 3), dtype=np.uint8) for _ in range(2)]
   pngs = [encode(pixels, rng.choice([0, 1, 2, 3, 4], 128)) for pixels in images]
   for pixels, (key, ids, height) in zip(images, panoptic_png.decode_batch(pngs)):
-    np.testing.assert_array_equal(panoptic_png.expand(key, ids, height), ids_of(pixels))
+    np.testing.assert_array_equal(full_map(key, ids, height), ids_of(pixels))
 
 
 @pytest.mark.parametrize("rows", [255, 256])

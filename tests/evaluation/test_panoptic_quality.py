@@ -126,7 +126,13 @@ def test_batch_streaming_reset_and_config():
   assert all(np.all(v.numpy() == 0) for v in batched.variables)
   config = batched.get_config()
   assert (config["num_classes"], config["ignored_label"], config["max_instances_per_category"],
-          config["offset"]) == (4, 0, 1000, 256 ** 3)
+          config["thing_class_ids"]) == (4, 0, 1000, (2, 3))
+  assert "offset" not in config
+  # deeplab2's trainer passes its pair-encoding `offset`; it changes nothing here.
+  deeplab2_call = panoptic_quality.PanopticQuality(4, 0, 1000, offset=256 * 256,
+                                                   thing_class_ids=(2, 3))
+  deeplab2_call.update_state(gt, pred)
+  np.testing.assert_allclose(deeplab2_call.result(), single.result())
   with pytest.raises(ValueError, match="classes outside"):
     batched.update_state(row(9001), row(1000))
 

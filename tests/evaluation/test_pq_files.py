@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kmax_tf import cli
+from kmax_tf import cli, panoptic_files
 from kmax_tf.evaluation import pq_files
 # The reference: cocodataset/panopticapi, installed as `panopticapi-lite` (see README).
 from panopticapi import evaluation as panopticapi_evaluation  # pylint: disable=wrong-import-order
@@ -135,8 +135,7 @@ def test_deeplab2_convention_equals_panopticapi_with_crowd_as_void(dataset, tmp_
   os.makedirs(tmp_path / "gt")
   for annotation in gt["annotations"]:
     rgb = np.array(Image.open(os.path.join(gt_folder, annotation["file_name"])))
-    wide = rgb.astype(np.int64)
-    ids = wide[..., 0] + 256 * wide[..., 1] + 65536 * wide[..., 2]
+    ids = panoptic_files.rgb_to_ids(rgb)
     for segment in annotation["segments_info"]:
       if segment["iscrowd"]:
         rgb[ids == segment["id"]] = 0

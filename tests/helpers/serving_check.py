@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.util import _pywrap_util_port  # noqa: E402
 
-from kmax_tf import config, export, geometry, postprocess  # noqa: E402
+from kmax_tf import config, export, inference  # noqa: E402
 from kmax_tf.model import builder  # noqa: E402
 
 
@@ -32,18 +32,11 @@ def image_of_size(height: int, width: int) -> np.ndarray:
 
 
 def reference(model, options, image):
-  """Keras model + PostProcessor at the static padded size + crop, as the evaluator does:
-  uint8 `[H, W, 3]` -> the export's outputs with batch 1."""
-  outputs = model(tf.constant(image[None], tf.float32), training=False)
-  height, width = image.shape[:2]
-  processor = postprocess.PostProcessor.from_options(
-      options.evaluator_options, builder.dataset_of(options),
-      (geometry.padded_length(height), geometry.padded_length(width)))
-  predictions = processor(outputs["pixel_space_mask_logits"],
-                          outputs["transformer_class_logits"])
-  predictions = postprocess.undo_padding(predictions, (height, width), (height, width))
-  predictions.update({key: outputs[key] for key in export.RAW_OUTPUT_KEYS})
-  return predictions
+  """The Keras model through `inference.Predictor`, eagerly: post-processing at the static
+  padded size, as in the evaluator. uint8 `[H, W, 3]` -> the export's outputs with batch 1."""
+  predictor = inference.Predictor(model, builder.dataset_of(options), options.evaluator_options,
+                                  semantic_logits=True)
+  return predictor(tf.constant(image[None], tf.float32))
 
 
 def compare(served, expected) -> dict:

@@ -4,7 +4,7 @@ the parallel, atomic, checked writing of a split.
 COCO panoptic format (used by COCO, Cityscapes' createPanopticImgs, Mask2Former's ADE20K script):
 a JSON with `annotations: [{image_id, file_name, segments_info: [{id, category_id, area,
 iscrowd}]}]` and one RGB PNG per image whose pixel colour encodes the segment id as
-`R + 256 * G + 256**2 * B`.
+`R + 256 * G + 256**2 * B` (`panoptic_files.rgb_to_ids`).
 
 deeplab2's label rules (build_coco_data.py & co.): pixels of no segment are void; category ids are
 mapped to semantic ids; thing segments get instance ids 1, 2, ... per class in the order of
@@ -21,17 +21,16 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from kmax_tf import datasets, images
+from kmax_tf import datasets, images, panoptic_files
 from kmax_tf.data import reader, shards, tfexample
 
 
 def read_segment_ids(png_data: bytes, source: str) -> np.ndarray:
-  """int64 `[H, W]` segment ids of a COCO-panoptic RGB PNG."""
+  """uint32 `[H, W]` segment ids of a COCO-panoptic RGB PNG."""
   image = images.open_image(png_data, source)
   if image.mode != "RGB":
     raise ValueError(f"{source}: panoptic PNG must be RGB, got mode {image.mode}")
-  rgb = np.asarray(image, np.int64)
-  return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+  return panoptic_files.rgb_to_ids(np.asarray(image))
 
 
 def segments_to_panoptic(segment_ids: np.ndarray, segments: Sequence[Mapping], *,
