@@ -5,7 +5,7 @@ mixed precision and the `.keras` format.
   1. every `__init__` parameter (but `**kwargs`) is a key of `get_config()`, and every argument the
      test passes is non-default and is reported as given (not as its default);
   2. `cls.from_config(layer.get_config())` has the same config, the same weight shapes and, loaded
-     with the same (randomly shifted) weights, the same outputs;
+     with the same (randomly perturbed) weights, the same outputs;
   3. a `dtype` policy argument survives `get_config`; under that policy set globally (as the
      trainer does) the variables stay float32 and the outputs come in the compute
      dtype (or the dtypes the layer promises), close to the float32 outputs with the same weights;
@@ -72,13 +72,17 @@ def check_config_keys(cls, init_kwargs: dict) -> dict:
   return config
 
 
-def _shift_weights(layer):
-  """Adds U[0, 0.5) to every float weight, so that no output is 0 whatever the initializers
-  (residual branches end in a BN with gamma 0); moving variances stay positive."""
+def _perturb_weights(layer):
+  """Scales every float weight by U[0.75, 1.25) and replaces its zeros by U[0.1, 0.5), so that
+  no output is 0 whatever the initializers (residual branches end in a BN with gamma 0) while
+  activations keep their scale and moving variances stay positive."""
   rng = np.random.default_rng(0)
   for weight in layer.weights:
     if keras.backend.is_float_dtype(weight.dtype):
-      weight.assign(weight.numpy() + rng.uniform(0, 0.5, weight.shape).astype(weight.dtype))
+      value = weight.numpy()
+      value = np.where(value == 0, rng.uniform(0.1, 0.5, value.shape),
+                       value * rng.uniform(0.75, 1.25, value.shape))
+      weight.assign(value.astype(weight.dtype))
 
 
 def _copy_weights(source, target, what):
@@ -108,7 +112,7 @@ def run_layer_test(cls, init_kwargs: dict, inputs: tuple, call_kwargs: dict | No
 
   layer = cls(**init_kwargs)
   layer(*inputs, **call_kwargs)
-  _shift_weights(layer)
+  _perturb_weights(layer)
   outputs = layer(*inputs, **call_kwargs)
   rebuilt = cls.from_config(config)
   assert rebuilt.get_config() == config, f"{cls.__name__}: from_config(get_config()) differs"
