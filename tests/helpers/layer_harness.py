@@ -7,8 +7,8 @@ mixed precision and the `.keras` format.
   2. `cls.from_config(layer.get_config())` has the same config, the same weight shapes and, loaded
      with the same (randomly perturbed) weights, the same outputs;
   3. a `dtype` policy argument survives `get_config`; under that policy set globally (as the
-     trainer does) the variables stay float32 and the outputs come in the compute
-     dtype (or the dtypes the layer promises), close to the float32 outputs with the same weights;
+     trainer does) the variables stay float32 and the outputs come in the compute dtype (or the
+     dtypes the layer promises), close to the float32 outputs with the same weights;
   4. a functional model wrapping the layer, saved as `.keras` and loaded, gives the same outputs.
 A constructor argument left out of `get_config` fails 1 (and usually 2): a round trip that only
 compares `get_config()` with itself cannot notice it.
@@ -148,7 +148,8 @@ def _check_mixed_precision(cls, init_kwargs, inputs, call_kwargs, reference, exp
   outputs = _float_leaves(layer(*inputs, **call_kwargs))
   if mixed_dtypes is None or isinstance(mixed_dtypes, str):
     mixed_dtypes = [mixed_dtypes or keras.DTypePolicy(policy).compute_dtype] * len(outputs)
-  assert [keras.backend.standardize_dtype(o.dtype) for o in outputs] == list(mixed_dtypes), what
+  dtypes = [keras.backend.standardize_dtype(o.dtype) for o in outputs]
+  assert dtypes == list(mixed_dtypes), f"{what}: output dtypes {dtypes}"
   for index, (got, want) in enumerate(zip(_numpy(outputs), _numpy(expected))):
     assert np.isfinite(got).all(), f"{what}, output {index}"
     error = np.abs(got - want).max(initial=0)
