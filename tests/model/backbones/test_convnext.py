@@ -211,17 +211,6 @@ def test_layer_contract(cls, kwargs, shape):
   layer_harness.run_layer_test(cls, kwargs, (x,))
 
 
-def test_model_config_round_trip():
-  model = _build_without_values("tiny", drop_path_keep_prob=0.6)
-  config = model.get_config()
-  assert config["name"] == "convnext_tiny" and config["drop_path_keep_prob"] == 0.6
-  with keras.StatelessScope(initialize_variables=False):
-    clone = convnext.ConvNeXt.from_config(config)
-    clone.build((None, None, None, 3))
-  assert clone.get_config() == config
-  assert [v.shape for v in clone.weights] == [v.shape for v in model.weights]
-
-
 def test_mixed_bfloat16_policy():
   keras.utils.set_random_seed(9)
   x = np.random.RandomState(9).randn(2, 33, 33, 3).astype("float32")
