@@ -98,7 +98,7 @@ class KMaXDeepLab(composite.BuiltOnFirstCall, keras.Model):
 
   def get_config(self):
     serialize = keras.saving.serialize_keras_object
-    return {"name": self.name, "encoder": serialize(self.encoder),
+    return {**super().get_config(), "encoder": serialize(self.encoder),
             "pixel_decoder": serialize(self.pixel_decoder),
             "transformer_decoder_": serialize(self.transformer_decoder),
             "head": serialize(self.head), "semantic_head": serialize(self.semantic_head),

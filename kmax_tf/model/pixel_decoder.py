@@ -85,6 +85,6 @@ class KMaXPixelDecoder(keras.Model):
     return endpoints
 
   def get_config(self):
-    return {"name": self.name, "dims": list(self.dims), "num_blocks": list(self.num_blocks),
+    return {**super().get_config(), "dims": list(self.dims), "num_blocks": list(self.num_blocks),
             "block_types": list(self.block_types), "endpoint_strides": self.endpoint_strides,
             "norm_layer": self.norm_layer.get_config()}

@@ -235,7 +235,7 @@ class KMaXTransformerDecoder(composite.BuiltOnFirstCall, keras.Model):
     return endpoints
 
   def get_config(self):
-    return {"name": self.name, "num_blocks": list(self.num_blocks),
+    return {**super().get_config(), "num_blocks": list(self.num_blocks),
             "num_mask_slots": self.num_mask_slots, "channels": self.channels,
             "ffn_channels": self.ffn_channels, "drop_path_keep_prob": self.drop_path_keep_prob,
             "head_channels": self.head_channels, "embedding_channels": self.embedding_channels,

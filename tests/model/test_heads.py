@@ -1,10 +1,12 @@
 """Prediction heads: void prior, L2-normalized embeddings, shared mask-logit BN, shapes."""
 import math
 
+import layer_harness
 import numpy as np
 import pytest
 
 from kmax_tf.model import heads
+from kmax_tf.model.layers import norm
 
 
 def test_void_prior_gives_void_probability_0_9():
@@ -52,10 +54,24 @@ def test_head_parameter_count_matches_deeplab2_final_head():
   assert sum(int(np.prod(w.shape)) for w in head.trainable_weights) == 173576
 
 
-def test_config_round_trips():
-  head = heads.PredictionHead(16, 8, 5, name="h")
-  assert heads.PredictionHead.from_config(head.get_config()).get_config() == head.get_config()
-  panoptic = heads.PanopticHead(16, 7, name="p")
-  assert heads.PanopticHead.from_config(panoptic.get_config()).get_config() == \
-      panoptic.get_config()
-  assert panoptic(np.zeros((1, 5, 5, 4), np.float32)).shape == (1, 5, 5, 7)
+_NORM = norm.BatchNormFactory(momentum=0.9, epsilon=1e-5, synchronized=False)
+
+
+def test_prediction_head_contract():
+  rng = np.random.default_rng(6)
+  inputs = (rng.normal(size=(2, 5, 4, 6)).astype(np.float32),
+            rng.normal(size=(2, 3, 10)).astype(np.float32),
+            rng.normal(size=(2, 3, 10)).astype(np.float32))
+  # The outputs feed softmaxes and argmaxes: float32 under mixed precision too.
+  layer_harness.run_layer_test(
+      heads.PredictionHead, dict(head_channels=4, embedding_channels=3, num_classes=5,
+                                 activation="relu", norm_layer=_NORM),
+      inputs, mixed_dtypes="float32")
+
+
+def test_panoptic_head_contract():
+  x = np.random.default_rng(7).normal(size=(1, 5, 5, 4)).astype(np.float32)
+  head = layer_harness.run_layer_test(
+      heads.PanopticHead, dict(head_channels=6, output_channels=7, activation="relu",
+                               norm_layer=_NORM), (x,))
+  assert head(x).shape == (1, 5, 5, 7)

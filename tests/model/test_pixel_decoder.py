@@ -1,8 +1,10 @@
 """Pixel decoder: stage strides/widths, LayerNorm'd skips, deeplab2's parameter count."""
+import layer_harness
 import numpy as np
 import pytest
 
 from kmax_tf.model import pixel_decoder
+from kmax_tf.model.layers import norm
 
 
 def _endpoints(widths, sides):
@@ -39,12 +41,20 @@ def test_deeplab2_coco_pixel_decoder_parameter_count():
   assert sum(int(np.prod(w.shape)) for w in decoder.trainable_weights) == 21151040
 
 
-def test_errors_and_config():
+def test_errors():
   with pytest.raises(ValueError, match="same length"):
     pixel_decoder.KMaXPixelDecoder((16, 8, 4, 2), (1, 1, 1))
   decoder = pixel_decoder.KMaXPixelDecoder((16, 8, 4, 2), (1, 1, 1, 1))
   with pytest.raises(ValueError, match="stage2"):
     decoder({k: v for k, v in _endpoints((4, 8, 16, 32, 64), (33, 17, 9, 5, 3)).items()
              if k != "stage2"})
-  clone = pixel_decoder.KMaXPixelDecoder.from_config(decoder.get_config())
-  assert clone.get_config() == decoder.get_config()
+
+
+def test_layer_contract():
+  layer_harness.run_layer_test(
+      pixel_decoder.KMaXPixelDecoder,
+      dict(dims=(16, 8, 4, 2), num_blocks=(1, 2, 1, 1),
+           block_types=("axial", "bottleneck", "bottleneck", "bottleneck"),
+           endpoint_strides={"stage1": 4, "stage2": 4, "stage3": 8, "stage4": 16, "stage5": 32},
+           norm_layer=norm.BatchNormFactory(momentum=0.9, epsilon=1e-5, synchronized=False)),
+      (_endpoints((4, 8, 16, 32, 64), (17, 17, 9, 5, 3)),))

@@ -1,12 +1,15 @@
 """kMaX transformer decoder: center self-attention vs numpy, layer order, outputs, counts."""
+import layer_harness
 import numpy as np
 import pytest
 from scipy import special
 
 from kmax_tf.model import heads
 from kmax_tf.model import transformer_decoder
+from kmax_tf.model.layers import norm
 
 EPS = 1e-3
+_NORM = norm.BatchNormFactory(momentum=0.9, epsilon=1e-5, synchronized=False)
 
 
 def _softmax(x, axis):
@@ -93,12 +96,39 @@ def test_deeplab2_coco_counts():
   assert total - predictors == 10706016
 
 
-def test_config_round_trip_and_errors():
-  decoder = _decoder(name="t")
-  clone = transformer_decoder.KMaXTransformerDecoder.from_config(decoder.get_config())
-  assert clone.get_config() == decoder.get_config()
-  layer = decoder.kmax_layers[0]
-  assert type(layer).from_config(layer.get_config()).get_config() == layer.get_config()
+def test_center_self_attention_contract():
+  rng = np.random.default_rng(3)
+  q, k = rng.normal(size=(2, 2, 5, 2, 4)).astype(np.float32)
+  v = rng.normal(size=(2, 5, 2, 3)).astype(np.float32)
+  layer_harness.run_layer_test(
+      transformer_decoder.CenterSelfAttention,
+      dict(num_heads=2, value_depth=6, activation="relu", norm_layer=_NORM), (q, k, v))
+
+
+def test_decoder_layer_contract():
+  rng = np.random.default_rng(4)
+  inputs = (rng.normal(size=(1, 3, 3, 8)).astype(np.float32),
+            rng.normal(size=(1, 6, 16)).astype(np.float32))
+  # (centers, {mask logits, normalized feature, class logits}): the predictions stay float32.
+  layer_harness.run_layer_test(
+      transformer_decoder.KMaXDecoderLayer,
+      dict(channels=16, num_heads=2, ffn_channels=32, drop_path_keep_prob=0.9, head_channels=8,
+           embedding_channels=4, num_classes=5, activation="relu", norm_layer=_NORM),
+      inputs, mixed_dtypes=["bfloat16"] + ["float32"] * 3)
+
+
+def test_decoder_contract():
+  # Flattened outputs: 4 layers x 3 float32 predictions, then (in key order) the pixel-decoder
+  # endpoints passed on, the features, stage5 and the two bfloat16 center features.
+  layer_harness.run_layer_test(
+      transformer_decoder.KMaXTransformerDecoder,
+      dict(num_blocks=(1, 2, 1), num_mask_slots=6, channels=16, ffn_channels=32,
+           drop_path_keep_prob=0.9, head_channels=8, embedding_channels=4, num_classes=5,
+           norm_layer=_NORM),
+      (_endpoints(batch=1),), mixed_dtypes=["float32"] * 12 + ["bfloat16"] * 9)
+
+
+def test_errors():
   with pytest.raises(ValueError, match="3 entries"):
     _decoder(num_blocks=(2, 2))
   with pytest.raises(ValueError, match="divisible"):

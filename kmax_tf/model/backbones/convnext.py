@@ -277,7 +277,7 @@ class ConvNeXt(keras.Model):
 
   def get_config(self):
     return {
-        "name": self.name,
+        **super().get_config(),
         "depths": list(self.depths),
         "dims": list(self.dims),
         "drop_path_keep_prob": self.drop_path_keep_prob,

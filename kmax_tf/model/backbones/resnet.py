@@ -112,7 +112,7 @@ class ResNetEncoder(composite.BuiltOnFirstCall, keras.Model):
     return endpoints
 
   def get_config(self):
-    return {"name": self.name, "block_counts": list(self.block_counts),
+    return {**super().get_config(), "block_counts": list(self.block_counts),
             "width_multiplier": self.width_multiplier,
             "stem_width_multiplier": self.stem_width_multiplier, "stem_type": self.stem_type,
             "activation": self.activation,

@@ -2,6 +2,7 @@
 import functools
 
 import keras
+import layer_harness
 import numpy as np
 import pytest
 from scipy import signal, special
@@ -195,39 +196,19 @@ def test_stem_and_downsampler_padding_against_numpy():
   np.testing.assert_allclose(down(outputs["stage2"]), expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("layer", [
-    convnext.DropPath(0.8, seed=7, name="dp"),
-    convnext.LayerScale(1e-3, name="ls"),
-    convnext.ChannelwiseConv2D(filters=5, kernel_size=7, padding="same", groups=5, name="dw"),
-    convnext.ConvNeXtBlock(5, drop_path_keep_prob=0.9, layer_scale_init_value=1e-4, name="blk"),
+@pytest.mark.parametrize("cls,kwargs,shape", [
+    (convnext.DropPath, dict(keep_prob=0.8, seed=7), (2, 3, 3, 5)),
+    (convnext.LayerScale, dict(init_value=1e-3), (2, 3, 3, 5)),
+    (convnext.ChannelwiseConv2D, dict(filters=5, kernel_size=7, padding="same", groups=5),
+     (2, 7, 7, 5)),
+    (convnext.ConvNeXtBlock, dict(dim=6, drop_path_keep_prob=0.9, layer_scale_init_value=0.5),
+     (1, 7, 7, 6)),
+    (convnext.ConvNeXt, dict(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), drop_path_keep_prob=0.9,
+                             layer_scale_init_value=0.5), (1, 33, 33, 3)),
 ])
-def test_layer_config_round_trip(layer):
-  config = layer.get_config()
-  clone = type(layer).from_config(config)
-  assert clone.get_config() == config
-  revived = keras.layers.deserialize(keras.layers.serialize(layer))
-  assert type(revived) is type(layer) and revived.get_config() == config
-
-
-def test_block_round_trip_gives_same_outputs():
-  block = convnext.ConvNeXtBlock(6, layer_scale_init_value=0.5)
-  x = np.random.RandomState(8).randn(1, 7, 7, 6).astype("float32")
-  y = block(x)
-  clone = convnext.ConvNeXtBlock.from_config(block.get_config())
-  clone.build(x.shape)
-  clone.set_weights(block.get_weights())
-  np.testing.assert_allclose(clone(x), y, rtol=1e-6, atol=1e-6)
-
-
-def test_model_config_round_trip():
-  model = _build_without_values("tiny", drop_path_keep_prob=0.6)
-  config = model.get_config()
-  assert config["name"] == "convnext_tiny" and config["drop_path_keep_prob"] == 0.6
-  with keras.StatelessScope(initialize_variables=False):
-    clone = convnext.ConvNeXt.from_config(config)
-    clone.build((None, None, None, 3))
-  assert clone.get_config() == config
-  assert [v.shape for v in clone.weights] == [v.shape for v in model.weights]
+def test_layer_contract(cls, kwargs, shape):
+  x = np.random.RandomState(8).randn(*shape).astype("float32")
+  layer_harness.run_layer_test(cls, kwargs, (x,))
 
 
 def test_mixed_bfloat16_policy():

@@ -1,8 +1,10 @@
 """ResNet encoder: endpoint strides/widths, block settings, layer multiplier."""
+import layer_harness
 import numpy as np
 import pytest
 
 from kmax_tf.model.backbones import resnet
+from kmax_tf.model.layers import norm
 
 
 def test_endpoints_of_a_narrow_resnet50():
@@ -16,7 +18,17 @@ def test_endpoints_of_a_narrow_resnet50():
                                                widths[f"stage{index}"])
   np.testing.assert_array_equal(out["res5"], np.maximum(out["stage5"], 0))
   assert [len(s.blocks) for s in model.stages] == [1, 1, 2, 1]
-  assert resnet.ResNetEncoder.from_config(model.get_config()).get_config() == model.get_config()
+
+
+def test_layer_contract():
+  x = np.random.default_rng(0).normal(size=(1, 33, 33, 3)).astype(np.float32)
+  layer_harness.run_layer_test(
+      resnet.ResNetEncoder,
+      dict(block_counts=(1, 1, 1, 1), width_multiplier=0.25, stem_width_multiplier=0.25,
+           stem_type="inception", activation="gelu", use_axial_beyond_stride=16,
+           drop_path_keep_prob=0.8, drop_path_schedule="constant",
+           norm_layer=norm.BatchNormFactory(momentum=0.9, epsilon=1e-5, synchronized=False)),
+      (x,))
 
 
 def test_layer_multiplier_floors_like_deeplab2_and_rejects_empty_stages():

@@ -1,10 +1,13 @@
 """Axial attention against a numpy computation of the same formula, at several lengths."""
+import layer_harness
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from kmax_tf.model.layers import axial_attention
+from kmax_tf.model.layers import norm
 
+_NORM = norm.BatchNormFactory(momentum=0.9, epsilon=1e-5, synchronized=False)
 EPS = 1e-3  # BN epsilon of the default factory; inference BN with fresh stats is x / sqrt(1+eps)
 
 
@@ -85,10 +88,19 @@ def test_2d_is_height_then_width_attention():
   np.testing.assert_allclose(y, expected, rtol=2e-4, atol=2e-4)
 
 
-def test_config_round_trip_and_bad_depth():
-  layer = axial_attention.AxialAttention2D(16, strides=2, num_heads=4, name="a")
-  clone = axial_attention.AxialAttention2D.from_config(layer.get_config())
-  assert clone.get_config() == layer.get_config()
+@pytest.mark.parametrize("cls,kwargs,shape", [
+    (axial_attention.AxialAttention, dict(total_key_depth=8, total_value_depth=4, num_heads=2,
+                                          norm_layer=_NORM), (2, 5, 6)),
+    (axial_attention.AxialAttention2D, dict(filters=4, strides=2, key_expansion=2.0,
+                                            value_expansion=1.0, num_heads=2, norm_layer=_NORM),
+     (2, 5, 4, 6)),
+])
+def test_layer_contract(cls, kwargs, shape):
+  x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+  layer_harness.run_layer_test(cls, kwargs, (x,))
+
+
+def test_bad_depth():
   with pytest.raises(ValueError, match="divisible"):
     axial_attention.AxialAttention(6, 16, num_heads=4)
 

@@ -1,8 +1,12 @@
 """Residual blocks start as their shortcut; shapes, strides and drop-path settings."""
+import layer_harness
 import numpy as np
 import pytest
 
 from kmax_tf.model.layers import blocks
+from kmax_tf.model.layers import norm
+
+_NORM = norm.BatchNormFactory(momentum=0.9, epsilon=1e-5, synchronized=False)
 
 
 def _relu(x):
@@ -42,9 +46,20 @@ def test_block_group_widths_and_dilation():
   assert second.drop_path.keep_prob == 0.9
 
 
-def test_config_round_trip_and_errors():
-  group = blocks.BlockGroup(8, ("axial",), drop_path_keep_probs=(0.8,), name="g")
-  assert blocks.BlockGroup.from_config(group.get_config()).get_config() == group.get_config()
+@pytest.mark.parametrize("cls,kwargs", [
+    (blocks.ResidualBlock, dict(filters_list=(8, 8, 16), strides=2, dilation_rate=2,
+                                block_type="axial", activation="gelu", drop_path_keep_prob=0.8,
+                                norm_layer=_NORM)),
+    (blocks.BlockGroup, dict(filters=8, block_types=("axial", "bottleneck"), strides=2,
+                             dilation_rate=2, drop_path_keep_probs=(0.8, 0.7), activation="gelu",
+                             norm_layer=_NORM)),
+])
+def test_layer_contract(cls, kwargs):
+  x = np.random.default_rng(2).normal(size=(2, 9, 7, 8)).astype(np.float32)
+  layer_harness.run_layer_test(cls, kwargs, (x,))
+
+
+def test_errors():
   with pytest.raises(ValueError, match="keep probs"):
     blocks.BlockGroup(4, ("axial", "axial"), drop_path_keep_probs=(0.8,))
   with pytest.raises(ValueError, match="block_type"):

@@ -1,5 +1,6 @@
 """Conv helpers: symmetric padding for strided convs, 1x1 projections, separable convs."""
 import keras
+import layer_harness
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -114,15 +115,23 @@ def test_separable_conv_shapes_and_parameter_count():
   assert sum(int(np.prod(w.shape)) for w in layer.trainable_weights) == 100 + 8 + 32 + 16
 
 
-@pytest.mark.parametrize("make", [
-    lambda nl: conv.Conv2DSame(4, 3, strides=2, dilation_rate=1, norm_layer=nl, activation="gelu",
-                               bn_gamma_initializer="zeros", name="c"),
-    lambda nl: conv.Conv1x1(4, norm_layer=nl, kernel_initializer=keras.initializers.TruncatedNormal(
-        stddev=0.1), name="p"),
-    lambda nl: conv.SeparableConv2DSame(4, 5, norm_layer=nl, activation="relu", name="s"),
+_NORM = norm.BatchNormFactory(momentum=0.9, epsilon=1e-5, synchronized=False)
+
+
+@pytest.mark.parametrize("cls,kwargs,shape", [
+    (conv.Conv2DSame, dict(filters=4, kernel_size=3, strides=2, norm_layer=_NORM,
+                           bn_gamma_initializer="random_uniform", activation="gelu",
+                           kernel_initializer="glorot_uniform"), (2, 9, 7, 3)),
+    (conv.Conv2DSame, dict(filters=4, kernel_size=3, dilation_rate=6, use_bias=True, use_bn=False,
+                           activation="relu"), (1, 8, 9, 3)),
+    (conv.Conv1x1, dict(filters=4, use_bias=True, use_bn=False, activation="relu",
+                        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.1),
+                        bn_dtype="float32"), (2, 7, 3)),
+    (conv.Conv1x1, dict(filters=4, norm_layer=_NORM, bn_gamma_initializer="random_uniform"),
+     (2, 7, 3)),
+    (conv.SeparableConv2DSame, dict(filters=4, kernel_size=3, norm_layer=_NORM,
+                                    activation="relu"), (2, 9, 7, 3)),
 ])
-def test_config_round_trip(make):
-  layer = make(norm.BatchNormFactory(momentum=0.9, epsilon=1e-5, synchronized=False))
-  clone = type(layer).from_config(layer.get_config())
-  assert clone.get_config() == layer.get_config()
-  assert clone.norm_layer.momentum == 0.9
+def test_layer_contract(cls, kwargs, shape):
+  x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+  layer_harness.run_layer_test(cls, kwargs, (x,))

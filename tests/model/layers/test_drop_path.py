@@ -1,5 +1,6 @@
 """Drop path: per-sample binary masks scaled by 1/keep, and deeplab2's linear schedule."""
 import keras
+import layer_harness
 import numpy as np
 import pytest
 
@@ -52,3 +53,8 @@ def test_inference_and_keep_one_are_identity():
   np.testing.assert_array_equal(drop_path.DropPath(1.0)(x, training=True), x)
   with pytest.raises(ValueError, match="keep_prob"):
     drop_path.DropPath(0.0)
+
+
+def test_layer_contract():
+  x = np.random.default_rng(5).normal(size=(4, 3, 2)).astype(np.float32)
+  layer_harness.run_layer_test(drop_path.DropPath, dict(keep_prob=0.8, seed=3), (x,))

@@ -1,7 +1,9 @@
 """ResizedFuse: same-width inputs are only resized (corner-aligned), others projected first."""
+import layer_harness
 import numpy as np
 
 from kmax_tf import geometry
+from kmax_tf.model.layers import norm
 from kmax_tf.model.layers import resized_fuse
 
 
@@ -24,5 +26,14 @@ def test_other_widths_are_projected():
   assert y.shape == (2, 5, 5, 4)
   kernels = sorted(tuple(w.shape) for w in layer.trainable_weights if len(w.shape) == 4)
   assert kernels == [(1, 1, 6, 4), (1, 1, 8, 4)]
-  clone = resized_fuse.ResizedFuse.from_config(layer.get_config())
-  assert clone.get_config() == layer.get_config()
+
+
+def test_layer_contract():
+  rng = np.random.default_rng(3)
+  inputs = [rng.normal(size=(2, 3, 3, 8)).astype(np.float32),
+            rng.normal(size=(2, 5, 5, 6)).astype(np.float32)]
+  layer_harness.run_layer_test(
+      resized_fuse.ResizedFuse,
+      dict(num_channels=4, input_channels=(8, 6), resize_inputs=(True, False), activation="relu",
+           norm_layer=norm.BatchNormFactory(momentum=0.9, epsilon=1e-5, synchronized=False)),
+      (inputs,), call_kwargs=dict(size=(5, 5)))
