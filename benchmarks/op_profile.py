@@ -41,10 +41,13 @@ def category(op_type: str, node_name: str, network_scope: str) -> str:
 def profile(fn, network_scope: str):
   """Runs `fn()` once under the profiler.
 
-  Returns (seconds of op time per category, seconds per op type, largest first).
+  Returns (seconds of op time per category, [(op type, seconds, executions)] largest first).
+  The executions tell fused kernels from unfused chains (`_MklNativeFusedConv2D` against
+  `_MklNativeConv2DWithBias` + `Relu`).
   """
   by_category = dict.fromkeys(CATEGORIES, 0.0)
   by_op = collections.Counter()
+  executions = collections.Counter()
   with tempfile.TemporaryDirectory() as logdir:
     tf.profiler.experimental.start(logdir)
     try:
@@ -67,4 +70,5 @@ def profile(fn, network_scope: str):
             seconds = event.duration_ps * 1e-12
             by_category[category(metadata.display_name, metadata.name, network_scope)] += seconds
             by_op[metadata.display_name] += seconds
-  return by_category, by_op.most_common()
+            executions[metadata.display_name] += 1
+  return by_category, [(op, seconds, executions[op]) for op, seconds in by_op.most_common()]

@@ -18,11 +18,14 @@ Each round times one call of each, alternating which goes first, after one warm-
 each; medians over the rounds and their ratio (kmax-tf / deeplab2). `panoptic_pred_agreement`
 is the fraction of pixels where both give the same `panoptic_pred`, `max_abs_logit_diff` the
 largest difference of the mask and class logits (random weights whose batch norms do not
-normalise make large logits: compare with `vs_deeplab2.py`'s noise floor, not with 0). `kmax_tf_op_seconds` is one
-profiled serving call split by op type (conv, matmul/einsum, elementwise, resize inside the
-network; `post_processing` is every op outside it: the post-processor, the input checks, padding
-and cropping), `kmax_tf_top_ops` its largest op types. `load_average` is the 1-minute load before
-and after: the machine may be shared, ratios from alternating rounds are what compare.
+normalise make large logits: compare with `vs_deeplab2.py`'s noise floor, not with 0).
+`kmax_tf_op_seconds` is one profiled serving call split by op type (conv, matmul/einsum,
+elementwise, resize inside the network; `post_processing` is every op outside it: the
+post-processor, the input checks, padding and cropping), `kmax_tf_top_ops` its largest op types
+as [type, seconds, executions]. `load_average` is the 1-minute load before and after: the machine
+may be shared, ratios from alternating rounds are what compare. `kmax_tf_package` is the kmax_tf
+that was measured: a script's own directory, not the working directory, starts `sys.path`, so an
+installed copy wins over the checkout unless `PYTHONPATH` names the checkout.
 """
 import argparse
 import json
@@ -111,6 +114,7 @@ def main(argv=None):
   parser.add_argument("--rounds", type=int, default=5)
   args = parser.parse_args(argv)
   sys.path.insert(0, os.path.abspath(args.deeplab2_dir))
+  import kmax_tf  # pylint: disable=import-outside-toplevel
   from kmax_tf import configs  # pylint: disable=import-outside-toplevel
 
   config_file = args.config_file or str(configs.config_path(_DEFAULT_CONFIG))
@@ -118,6 +122,7 @@ def main(argv=None):
   result = {"benchmark": "serving", "config": os.path.basename(config_file), "batch": 1,
             "cpus": os.cpu_count(), "tensorflow": tf.__version__,
             "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
+            "kmax_tf_package": os.path.dirname(kmax_tf.__file__),
             "rounds": args.rounds, "load_average_before": os.getloadavg()[0], "sizes": {}}
   with tempfile.TemporaryDirectory() as tmp:
     serving = network_scope = first_model = None
@@ -148,7 +153,7 @@ def main(argv=None):
           "max_abs_logit_diff": {key: float(np.max(np.abs(ours_out[key] - theirs_out[key])))
                                  for key in _LOGITS},
           "kmax_tf_op_seconds": {k: round(v, 4) for k, v in by_category.items()},
-          "kmax_tf_top_ops": [[op, round(seconds, 4)] for op, seconds in by_op[:10]]}
+          "kmax_tf_top_ops": [[op, round(seconds, 4), count] for op, seconds, count in by_op[:15]]}
   result["load_average_after"] = os.getloadavg()[0]
   print(json.dumps(result))
 

@@ -8,6 +8,9 @@ pattern TensorFlow's CPU graph optimizer (grappler's remapper) fuses into one `_
 kernel, with oneDNN's graph rewrite on or off, where the batch norm's multiply-add chain stays
 separate element-wise passes over every activation.
 
+One batch norm per block group stays unfolded: the one before the last block's residual sum, when
+the blocks activate with ReLU or ELU (see `_unfoldable_batch_norms`).
+
 The training model is never folded: folding rewrites variable values in place, so it is for
 models built only to serve (`export.build_inference_model`), and a folded model must not be
 trained or saved as a training checkpoint.
@@ -18,7 +21,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kmax_tf.model.layers import blocks
 from kmax_tf.model.layers import conv
+
+# Activations grappler's oneDNN remapper fuses after a convolution + bias + residual addition.
+_REMAPPER_ADD_ACTIVATIONS = frozenset({"relu", "elu"})
 
 
 class FoldedBatchNorm(keras.layers.BatchNormalization):
@@ -53,6 +60,24 @@ def _fold(kernel, batch_norm, depthwise: bool = False) -> None:
   batch_norm.__class__ = FoldedBatchNorm
 
 
+def _unfoldable_batch_norms(model: keras.Model) -> set[int]:
+  """Ids of the batch norms that must stay unfolded for the graph to be optimized under oneDNN.
+
+  With oneDNN, grappler's remapper (TensorFlow 2.20) fuses Conv2D + BiasAdd + Add + Relu into one
+  node without checking that the Add has no other reader. A block group's output, the last
+  block's residual sum, is also read by the next group's first activation and, as a backbone
+  endpoint, by the pixel decoder's layer norm; fusing it deletes a node that layer norm still
+  reads, the remapper fails ("Mutation::Apply error: fanout ... exist for missing node") and the
+  whole graph runs without any of its fusions. An unfolded batch norm between that convolution
+  and the sum breaks the pattern, at the cost of one scale-and-shift per block group.
+  """
+  keep = set()
+  for layer in model._flatten_layers(include_self=True, recursive=True):  # pylint: disable=protected-access
+    if isinstance(layer, blocks.BlockGroup) and layer.activation in _REMAPPER_ADD_ACTIVATIONS:
+      keep.add(id(layer.blocks[-1].conv3_bn.batch_norm))
+  return keep
+
+
 def fold_batch_norms(model: keras.Model) -> int:
   """Folds every batch norm that directly follows a convolution or projection of `model` (a
   built model, in place). Returns the number folded.
@@ -60,8 +85,10 @@ def fold_batch_norms(model: keras.Model) -> int:
   Covered: `Conv2DSame` (including its shifted-tap atrous form, which reads the same kernel),
   `Conv1x1` and both halves of `SeparableConv2DSame`. Other batch norms (on attention
   similarities, retrieved values, head features) follow products of two activations, not a
-  kernel, and are left as they are.
+  kernel, and are left as they are, and so is the batch norm before each ReLU block group's
+  output (`_unfoldable_batch_norms`).
   """
+  keep = _unfoldable_batch_norms(model)
   folded = 0
   for layer in model._flatten_layers(include_self=True, recursive=True):  # pylint: disable=protected-access
     pairs = []
@@ -72,7 +99,7 @@ def fold_batch_norms(model: keras.Model) -> int:
     elif isinstance(layer, conv.SeparableConv2DSame):
       pairs.append((layer.depthwise.kernel, layer.depthwise_bn, True))
     for kernel, batch_norm, *depthwise in pairs:
-      if isinstance(batch_norm, FoldedBatchNorm):
+      if isinstance(batch_norm, FoldedBatchNorm) or id(batch_norm) in keep:
         continue
       _fold(kernel, batch_norm, *depthwise)
       folded += 1
