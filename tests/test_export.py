@@ -89,7 +89,11 @@ def test_saved_model_serves_any_size_under_both_cpu_kernel_families(exported, on
   assert sorted(report["sizes"]) == sorted(_SERVING_SIZES)
   for size, stats in report["sizes"].items():
     assert set(stats["mismatched_pixels"]) == {"panoptic_pred", "semantic_pred", "instance_pred"}
-    assert not any(stats["mismatched_pixels"].values()), (size, stats)
+    # The model has random weights, so two slots can tie at a pixel within float32 rounding, and
+    # the folded, grappler-optimized graph rounds differently from the Keras model: one such
+    # pixel per map may flip (seen once in ~10 runs, 1 of 120,000 pixels). The failures this test
+    # exists for (wrong shapes, empty tensors, another kernel's layout) break whole maps.
+    assert max(stats["mismatched_pixels"].values()) <= 1, (size, stats)
     assert max(stats["max_abs_diff"].values()) < 1e-3, (size, stats)
 
 
