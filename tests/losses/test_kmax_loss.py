@@ -407,14 +407,19 @@ DEEPLAB2_TINY_CONFIG_LOSSES = {
 }
 
 
-def test_matches_deeplab2_values_on_the_tiny_config():
+def _tiny_config_loss():
+  """The training loss of configs/synthetic/kmax_tiny.textproto."""
   from kmax_tf import config as kmax_config  # pylint: disable=import-outside-toplevel
   from kmax_tf import configs  # pylint: disable=import-outside-toplevel
 
   options = kmax_config.load_config(
       configs.config_path("synthetic/kmax_tiny.textproto"),
       {"DATA_DIR": "unused", "EXPERIMENT_NAME": "unused"}, validate=False)
-  loss = kmax_loss.build_loss(options, training=True)
+  return kmax_loss.build_loss(options, training=True)
+
+
+def test_matches_deeplab2_values_on_the_tiny_config():
+  loss = _tiny_config_loss()
   targets, outputs = tiny_config_inputs()
   got = {k: float(tf.reduce_mean(v)) for k, v in loss(
       {k: tf.constant(v) for k, v in targets.items()},
@@ -451,13 +456,7 @@ DEEPLAB2_TINY_CONFIG_GRADIENTS = {
 
 
 def test_gradients_match_deeplab2_values_on_the_tiny_config():
-  from kmax_tf import config as kmax_config  # pylint: disable=import-outside-toplevel
-  from kmax_tf import configs  # pylint: disable=import-outside-toplevel
-
-  options = kmax_config.load_config(
-      configs.config_path("synthetic/kmax_tiny.textproto"),
-      {"DATA_DIR": "unused", "EXPERIMENT_NAME": "unused"}, validate=False)
-  loss = kmax_loss.build_loss(options, training=True)
+  loss = _tiny_config_loss()
   targets, outputs = tiny_config_inputs()
   flat = [tf.constant(v) for v in tf.nest.flatten(outputs)]
   with tf.GradientTape() as tape:
