@@ -1,6 +1,7 @@
 """Benchmark: kmax-tf vs deeplab2 on the same config and the same (converted) weights.
 
   python benchmarks/vs_deeplab2.py --deeplab2_dir PATH [--config_file F] [--crop 129] [--no_timing]
+  python benchmarks/vs_deeplab2.py --deeplab2_dir PATH --train [--float64] [--config_file F]
 
 PATH is a directory from which `import deeplab2` works (a deeplab2 checkout with its protos
 compiled, e.g. the parent of `deeplab2/`); it is only put on `sys.path`, nothing is copied.
@@ -57,6 +58,11 @@ random image. Prints one JSON line with:
   decay or the backbone optimizer).
 deeplab2's matching runs with cost constants 1 instead of +-999 (`--deeplab2_matching exact`;
 see kmax_tf/losses/matching.py for why), unless `--deeplab2_matching shipped`.
+`--train --float64` builds and runs both sides in float64 (`precision` in the JSON line), which
+takes float32 rounding, and the k-means argmax flips and matching changes it causes with random
+weights, out of the comparison: a difference of formula then stands out by orders of magnitude.
+Neither side is float64-clean as shipped; `_run_in_float64` lists what it rewrites. deeplab2's
+post-processor cannot run in float64, so --float64 goes with --train only.
 """
 import argparse
 import json
