@@ -1,6 +1,7 @@
 """Benchmark: kmax-tf vs deeplab2 on the same config and the same (converted) weights.
 
   python benchmarks/vs_deeplab2.py --deeplab2_dir PATH [--config_file F] [--crop 129] [--no_timing]
+  python benchmarks/vs_deeplab2.py --deeplab2_dir PATH --train [--float64] [--config_file F]
 
 PATH is a directory from which `import deeplab2` works (a deeplab2 checkout with its protos
 compiled, e.g. the parent of `deeplab2/`); it is only put on `sys.path`, nothing is copied.
@@ -57,6 +58,11 @@ random image. Prints one JSON line with:
   decay or the backbone optimizer).
 deeplab2's matching runs with cost constants 1 instead of +-999 (`--deeplab2_matching exact`;
 see kmax_tf/losses/matching.py for why), unless `--deeplab2_matching shipped`.
+`--train --float64` builds and runs both sides in float64 (`precision` in the JSON line), which
+takes float32 rounding, and the k-means argmax flips and matching changes it causes with random
+weights, out of the comparison: a difference of formula then stands out by orders of magnitude.
+Neither side is float64-clean as shipped; `_run_in_float64` lists what it rewrites. deeplab2's
+post-processor cannot run in float64, so --float64 goes with --train only.
 """
 import argparse
 import json
@@ -65,6 +71,7 @@ import re
 import sys
 import tempfile
 import time
+import types
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -406,6 +413,122 @@ class _Patches:
 _MISSING = object()
 
 
+class _AsFloat64:
+  """A module (`tf`, `keras.ops`, `np`) as seen by a module under --float64: its `float32`
+  attribute is `float64`, float32 dtypes (object, numpy type or name) passed to its functions
+  become float64, and TensorFlow's constructors that default to float32 (`one_hot`, `ones`,
+  `zeros`, `constant` of a Python float) give float64.
+  Classes are returned unchanged (isinstance, subclassing)."""
+
+  # Position of the dtype argument of TensorFlow functions whose default dtype is float32.
+  _DTYPE_POSITION = {"one_hot": 5, "ones": 1, "zeros": 1}
+
+  def __init__(self, module):
+    self._module = module
+
+  def __getattr__(self, name):
+    value = getattr(self._module, name)
+    if name == "float32":
+      return getattr(self._module, "float64")
+    if isinstance(value, types.ModuleType):
+      return _AsFloat64(value)
+    if not callable(value) or isinstance(value, type):
+      return value
+    default = self._DTYPE_POSITION.get(name) if self._module.__name__.startswith(
+        "tensorflow") else None
+
+    def call(*args, **kwargs):
+      if default is not None and len(args) <= default and "dtype" not in kwargs:
+        kwargs["dtype"] = tf.float64
+      elif name == "constant" and len(args) == 1 and isinstance(args[0], float):
+        kwargs.setdefault("dtype", tf.float64)  # a Python float would become float32
+      return value(*map(_float64_dtype, args), **{k: _float64_dtype(v)
+                                                  for k, v in kwargs.items()})
+    return call
+
+
+def _float64_dtype(value):
+  if isinstance(value, str):
+    return "float64" if value == "float32" else value
+  if value is tf.float32:
+    return tf.float64
+  return np.float64 if value is np.float32 else value
+
+
+def _run_in_float64():
+  """Makes deeplab2 and kmax-tf build and compute in float64 (call before building either).
+
+  The layers follow the frameworks' default float type (tf_keras `floatx`, Keras 3's dtype
+  policy); what hard-codes float32 is rewritten here instead of edited in either source:
+  - deeplab2: `tf.float32` in its losses (base_loss, max_deeplab_loss), matching and
+    `axial_block_groups` (drop path);
+  - kmax-tf: `ops.cast(x, "float32")` / `dtype="float32"` where mixed precision must not reach
+    (images, heads, similarity and k-means BNs, resized fusion, semantic decoder), and
+    `tf.float32` in the losses.
+  Every loaded module of either package sees `tf`, `ops` and `np` through `_AsFloat64`, and the
+  BN factory drops its explicit float32. Both sides' align-corners bilinear resizes reach
+  TensorFlow's kernel, which outputs float32 whatever its input; float64 inputs are interpolated
+  by `_interpolate_align_corners` instead.
+  """
+  # pylint: disable=import-outside-toplevel
+  import keras
+  from deeplab2.model import kmax_deeplab  # noqa: F401
+  from deeplab2.model.loss import loss_builder, max_deeplab_loss  # noqa: F401
+  from deeplab2.data import sample_generator  # noqa: F401
+  from deeplab2.trainer import trainer, runner_utils  # noqa: F401
+  from kmax_tf import convert_deeplab2  # noqa: F401
+  from kmax_tf.data import targets  # noqa: F401
+  from kmax_tf.losses import kmax_loss  # noqa: F401
+  from kmax_tf.model import builder  # noqa: F401
+  from kmax_tf.model.layers import norm
+  from kmax_tf.trainer import optimizer  # noqa: F401
+  from tensorflow.python.ops import gen_image_ops
+
+  tf.keras.backend.set_floatx("float64")  # tf_keras: deeplab2
+  keras.config.set_floatx("float64")
+  keras.config.set_dtype_policy("float64")
+  originals = {id(tf): tf, id(keras.ops): keras.ops, id(np): np}
+  for name, module in list(sys.modules.items()):
+    # Target generation stays as it is (its float outputs, pixel weights, are cast afterwards),
+    # and so does kmax-tf's learning-rate schedule (float32, cast to each variable's dtype).
+    if (module is None or name.split(".")[0] not in ("deeplab2", "kmax_tf")
+        or name.startswith(("deeplab2.data", "kmax_tf.data", "kmax_tf.trainer"))):
+      continue
+    for attribute in ("tf", "ops", "np"):
+      value = module.__dict__.get(attribute)
+      if value is not None and id(value) in originals:
+        setattr(module, attribute, _AsFloat64(value))
+  factory = norm.BatchNormFactory.__call__
+  norm.BatchNormFactory.__call__ = lambda self, *args, dtype=None, **kwargs: factory(
+      self, *args, **kwargs)
+  kernel = gen_image_ops.resize_bilinear
+
+  def resize_bilinear(images, size, align_corners=False, half_pixel_centers=False, name=None):
+    if images.dtype != tf.float64 or not align_corners or half_pixel_centers:
+      return kernel(images, size, align_corners=align_corners,
+                    half_pixel_centers=half_pixel_centers, name=name)
+    for axis in (1, 2):
+      images = _interpolate_align_corners(images, size[axis - 1], axis)
+    return images
+
+  gen_image_ops.resize_bilinear = resize_bilinear
+
+
+def _interpolate_align_corners(images, size, axis):
+  """Linear interpolation of `images` along `axis` to `size` samples, corners aligned, in the
+  images' dtype (TensorFlow's bilinear resize kernel always outputs float32)."""
+  length = tf.shape(images)[axis]
+  scale = tf.cast(length - 1, tf.float64) / tf.cast(tf.maximum(size - 1, 1), tf.float64)
+  position = tf.cast(tf.range(size), tf.float64) * scale
+  low = tf.minimum(tf.cast(tf.floor(position), tf.int32), length - 1)
+  high = tf.minimum(low + 1, length - 1)
+  shape = [1, 1, 1, 1]
+  shape[axis] = -1
+  fraction = tf.reshape(position - tf.cast(low, tf.float64), shape)
+  below = tf.gather(images, low, axis=axis)
+  return below + (tf.gather(images, high, axis=axis) - below) * fraction
+
+
 def _shared_sampling(patches, dl2_loss_module, noises):
   """Both losses draw their instance-discrimination pixels by the Gumbel-top-k trick from the
   same uniforms (`noises[i]` for the i-th decoder output of a step); each side builds its own
@@ -463,15 +586,17 @@ def _training_output_diffs(theirs, ours):
 
 
 def _deeplab2_noise_floor_step(dl2, loss, targets, images, variables, reset_sampling, rng):
-  """deeplab2's own losses and gradients with the images perturbed by one float32 rounding
-  (x * (1 +- 2^-24)): how far its training step moves by rounding alone. Its BN moving
-  statistics are restored afterwards, so the optimizer steps are unaffected."""
+  """deeplab2's own losses and gradients with the images perturbed by one rounding of their
+  precision (x * (1 +- 2^-24) in float32, 2^-53 in float64): how far its training step moves by
+  rounding alone. Its BN moving statistics are restored afterwards, so the optimizer steps are
+  unaffected."""
   statistics = [(v, v.numpy()) for v in dl2.non_trainable_weights]
-  signs = rng.choice([-1.0, 1.0], images.shape).astype(np.float32)
+  dtype = images.dtype.as_numpy_dtype
+  signs = rng.choice([-1.0, 1.0], images.shape).astype(dtype)
   reset_sampling()
   losses, gradients, _ = _losses_and_gradients(
       lambda t: dl2(t, training=True), lambda y, p: loss(y, p), targets,
-      images * (1.0 + 2.0 ** -24 * signs), variables)
+      images * (1.0 + np.finfo(dtype).eps / 2 * signs), variables)
   for variable, value in statistics:
     variable.assign(value)
   return losses, gradients
@@ -547,7 +672,6 @@ def _agreement_by_group(pairs, model, reference, ours):
 def _deeplab2_optimizers(options, dl2):
   """deeplab2's optimizer(s) and its own split of the gradients between them."""
   # pylint: disable=import-outside-toplevel,protected-access
-  import types
   from deeplab2.trainer import trainer as deeplab2_trainer
 
   solver = options.trainer_options.solver_options
@@ -650,10 +774,13 @@ def _train(args, options, descriptor, dl2, ours_options, model, rng):
   ours_options.model_options.max_deeplab.instance_discrimination_sample_k = sample_k
 
   _without_randomness(dl2, model)
-  images = rng.uniform(0, 255, (batch, crop, crop, 3)).astype(np.float32)
+  dtype = np.float64 if args.float64 else np.float32
+  images = rng.uniform(0, 255, (batch, crop, crop, 3)).astype(dtype)
   labels = _panoptic_labels(descriptor, crop, batch, rng)
-  dl2_targets = _deeplab2_targets(descriptor, options.train_dataset_options, images, labels)
-  ours_targets = _kmax_tf_targets(ours_options, labels)
+  dl2_targets, ours_targets = (
+      {k: tf.cast(v, dtype) if v.dtype.is_floating else v for k, v in side.items()}
+      for side in (_deeplab2_targets(descriptor, options.train_dataset_options, images, labels),
+                   _kmax_tf_targets(ours_options, labels)))
   pipeline = {k: int(np.sum(dl2_targets[k].numpy() != tf.cast(ours_targets[k], dl2_targets[
       k].dtype).numpy())) for k in _TARGET_KEYS}
   x = tf.constant(images)
@@ -672,7 +799,7 @@ def _train(args, options, descriptor, dl2, ours_options, model, rng):
   ours_optimizers = optimizer_lib.build_optimizers(
       ours_options.trainer_options.solver_options, model.trainable_variables,
       model.encoder.trainable_variables)
-  noises = [rng.uniform(1e-6, 1.0, (batch, num_pixels)).astype(np.float32)
+  noises = [rng.uniform(1e-6, 1.0, (batch, num_pixels)).astype(dtype)
             for _ in range(1 + dl2.auxiliary_output_number)]
   before = [(theirs.numpy(), ours.numpy()) for theirs, ours, _ in trainable_pairs]
   steps = []
@@ -784,12 +911,16 @@ def main(argv=None):
   parser.add_argument("--deeplab2_matching", choices=("exact", "shipped"), default="exact",
                       help="--train: deeplab2's matching with cost constants 1 instead of its "
                       "+-999 (exact optimum, as kmax-tf), or as shipped")
+  parser.add_argument("--float64", action="store_true",
+                      help="both sides build and compute in float64 (with --train only)")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--tolerance", type=float, default=1e-4)
   parser.add_argument("--no_timing", action="store_true", help="only the numerical comparison")
   args = parser.parse_args(argv)
   if args.batch is None:
     args.batch = 2 if args.train else 1
+  if args.float64 and not args.train:
+    parser.error("--float64 needs --train (deeplab2's post-processor is float32 only)")
   sys.path.insert(0, os.path.abspath(args.deeplab2_dir))
 
   # pylint: disable=import-outside-toplevel
@@ -806,11 +937,16 @@ def main(argv=None):
   crop = args.crop
   rng = np.random.default_rng(0)
 
+  if args.float64:
+    _run_in_float64()
   options = _deeplab2_options(config_file, crop)
   descriptor = deeplab2_dataset.MAP_NAME_TO_DATASET_INFO[options.train_dataset_options.dataset]
   start = time.perf_counter()
   dl2 = deeplab2_kmax.KMaXDeepLab(options, descriptor)
-  dl2(tf.keras.Input([crop, crop, 3], batch_size=args.batch), training=False)
+  # deeplab2's post-processor multiplies float32 casts of its own with the logits (max_deeplab.py
+  # _get_mask_id_and_semantic_maps), so it cannot run in float64; --train does not use it.
+  dl2(tf.keras.Input([crop, crop, 3], batch_size=args.batch), training=False,
+      post_processing=not args.float64)
   build_deeplab2 = time.perf_counter() - start
   _randomise(dl2.weights, rng)
 
@@ -827,6 +963,7 @@ def main(argv=None):
   if args.train:
     print(json.dumps({"benchmark": "vs_deeplab2_train", "config": os.path.basename(config_file),
                       "crop": crop, "batch": args.batch,
+                      "precision": "float64" if args.float64 else "float32",
                       **_train(args, options, descriptor, dl2, ours_options, model, rng)}))
     return
   x = tf.constant(rng.uniform(0, 255, (args.batch, crop, crop, 3)).astype(np.float32))

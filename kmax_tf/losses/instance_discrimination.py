@@ -5,8 +5,10 @@ k pixels are drawn per image without replacement, with probability proportional 
 Among the sampled pixels each one should be most similar to the pixels of its own mask: the
 target of row a is uniform over the sampled pixels sharing a's mask, the logits are the cosine
 similarities of the embeddings divided by `temperature` (0.3). Crowd pixels are non-void but in
-no mask: they are sampled first (area 0 counts as 1) and act as negatives for every other row,
-but their own all-zero target rows give zero loss and do not count in the mean.
+no mask: they are sampled first (area 0 counts as 1) and act as negatives for every other row;
+their own all-zero target rows give zero loss and do not count in the mean, but, as in deeplab2,
+whose fused softmax cross-entropy back-propagates `softmax - target`, they pass the gradient of
+the row's logsumexp.
 """
 from __future__ import annotations
 
@@ -81,6 +83,9 @@ def instance_discrimination_loss(pixel_features: tf.Tensor, gt: MaskGroundTruth,
                                              num_segments)
   positive_logit = (tf.reduce_sum(sampled_features * tf.gather(mask_feature_sums, segments), -1)
                     / (temperature * tf.gather(mask_counts, segments)))
-  # Crowd rows have no target: their loss is exactly 0, so mean_over_nonzero skips them.
-  cross_entropy = tf.where(in_mask, tf.reduce_logsumexp(logits, axis=-1) - positive_logit, 0.0)
+  # Crowd rows have no target: their loss is exactly 0, so mean_over_nonzero does not count them,
+  # and their gradient is softmax(row), deeplab2's `softmax - target` with a zero target.
+  log_norm = tf.reduce_logsumexp(logits, axis=-1)
+  cross_entropy = tf.where(in_mask, log_norm - positive_logit,
+                           log_norm - tf.stop_gradient(log_norm))
   return mean_over_nonzero(cross_entropy, top_k_percent)

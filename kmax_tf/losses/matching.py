@@ -105,7 +105,10 @@ def matched_pixel_log_probs(mask_logits: tf.Tensor, gt: MaskGroundTruth,
 
   This is deeplab2's log-softmax of the logits permuted into ground-truth order, read at the
   pixel's mask: a mask without a slot gets the logit -99999, as in deeplab2's padded
-  permutation. Pixels in no mask give 0.
+  permutation. Pixels in no mask (crowd, void) give 0 with the gradient -softmax: deeplab2's
+  fused `softmax_cross_entropy_with_logits` back-propagates `softmax - target` whatever the
+  target's sum, so on a non-void pixel in no mask (an all-zero target row) its mask-ID loss is
+  0 but its gradient is the softmax over slots. Void pixels have weight 0 in every user.
 
   Args:
     mask_logits: float32 `[B, P, N]` pixel-to-slot logits of one decoder output.
@@ -116,4 +119,5 @@ def matched_pixel_log_probs(mask_logits: tf.Tensor, gt: MaskGroundTruth,
   log_norm = tf.reduce_logsumexp(mask_logits, axis=-1)
   slot_logit = tf.gather(mask_logits, tf.maximum(result.pixel_slot, 0), batch_dims=2)
   slot_logit = tf.where(result.pixel_slot >= 0, slot_logit, MISSING_SLOT_LOGIT)
-  return tf.where(gt.pixel_mask_id >= 0, slot_logit - log_norm, 0.0)
+  return tf.where(gt.pixel_mask_id >= 0, slot_logit - log_norm,
+                  tf.stop_gradient(log_norm) - log_norm)

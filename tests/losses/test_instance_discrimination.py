@@ -100,15 +100,17 @@ def test_random_init_gives_about_ln_k():
 
 
 def _dense_reference(features, mask_id, samples, temperature):
-  """The loss with the explicit [k, k] target matrix (deeplab2's formulation), in TF."""
+  """The loss with the explicit [k, k] target matrix (deeplab2's formulation), in TF: TF's fused
+  softmax cross-entropy (as deeplab2), every sampled row weighted 1, the mean over non-zero rows.
+  The fused op back-propagates softmax - target, so crowd rows (all-zero target, loss 0) still
+  pass a gradient."""
   ids = tf.gather(tf.constant(mask_id, tf.int32), samples, batch_dims=1)
   same = tf.cast((ids[:, :, None] == ids[:, None, :]) & (ids >= 0)[:, :, None], tf.float32)
   targets = same / tf.maximum(tf.reduce_sum(same, -1, keepdims=True), 1.0)
   f = tf.gather(features, samples, batch_dims=1)
   rows = tf.nn.softmax_cross_entropy_with_logits(targets, tf.matmul(f, f, transpose_b=True) /
                                                  temperature)
-  valid = tf.cast(ids >= 0, tf.float32)
-  return tf.reduce_sum(rows * valid, 1) / tf.reduce_sum(valid, 1)
+  return tf.reduce_sum(rows, 1) / tf.reduce_sum(tf.cast(tf.not_equal(rows, 0.0), tf.float32), 1)
 
 
 def test_batch_of_two_and_gradients_match_dense_targets():

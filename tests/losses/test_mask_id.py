@@ -11,8 +11,8 @@ from kmax_tf.losses.matching import MatchResult
 f32 = lambda x: tf.constant(x, tf.float32)
 
 
-@pytest.mark.parametrize("top_k", [1.0, 0.25])
-def test_formula(top_k):
+def _case():
+  """20 pixels (some void, some crowd: non-void in no mask), 4 masks, 5 slots."""
   rng = np.random.default_rng(0)
   pixels, masks, slots = 20, 4, 5
   mask_id = rng.integers(-1, masks, size=(1, pixels))
@@ -27,7 +27,13 @@ def test_formula(top_k):
                        tf.constant(slot_for_mask[None], tf.int32), f32(np.zeros((1, slots))),
                        f32(np.zeros((1, masks))))
   logits = rng.normal(size=(1, pixels, slots)).astype(np.float32)
+  return logits, mask_id, non_void, slot_for_mask, gt, result
 
+
+@pytest.mark.parametrize("top_k", [1.0, 0.25])
+def test_formula(top_k):
+  logits, mask_id, non_void, slot_for_mask, gt, result = _case()
+  pixels = logits.shape[1]
   lse = scipy.special.logsumexp(logits[0], -1)
   losses = np.zeros(pixels)
   for p in range(pixels):
@@ -38,3 +44,19 @@ def test_formula(top_k):
   expected = kept.sum() / np.count_nonzero(kept)
   np.testing.assert_allclose(mask_id_cross_entropy(f32(logits), gt, result, top_k), [expected],
                              rtol=1e-5)
+
+
+def test_gradient_is_deeplab2s_softmax_minus_target_also_on_crowd_pixels():
+  """deeplab2's fused softmax cross-entropy back-propagates softmax - target, so a crowd pixel
+  (non-void, in no mask: all-zero target, loss 0) still gets the softmax over slots."""
+  logits, mask_id, non_void, slot_for_mask, gt, result = _case()
+  x = f32(logits)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    loss = mask_id_cross_entropy(x, gt, result)
+  slot = np.where(mask_id[0] >= 0, slot_for_mask[np.maximum(mask_id[0], 0)], -1)
+  target = np.eye(logits.shape[2])[np.maximum(slot, 0)] * (slot >= 0)[:, None]
+  counted = np.count_nonzero((mask_id[0] >= 0) & (non_void[0] > 0))
+  expected = (scipy.special.softmax(logits[0], -1) - target) * non_void[0][:, None] / counted
+  assert np.any((mask_id[0] < 0) & (non_void[0] > 0))  # crowd pixels are present
+  np.testing.assert_allclose(tape.gradient(loss, x).numpy()[0], expected, atol=1e-6)
