@@ -152,16 +152,16 @@ def save_model(model, options, output_dir: str, semantic_logits: bool = True) ->
   post-processing of `options.evaluator_options` to `output_dir` (`semantic_logits` as in
   `InferenceModel`); returns `output_dir`."""
   dataset = builder.dataset_of(options)
-  inference = InferenceModel(model, dataset, options.evaluator_options, semantic_logits)
+  serving_model = InferenceModel(model, dataset, options.evaluator_options, semantic_logits)
   # Only the signatures and the variables are saved: no Keras object and no other tf.function
   # (saving those would retrace the model), so loading needs neither Keras classes nor kmax_tf.
   # The variables are listed explicitly because TensorFlow's object graph misses Keras 3
   # sub-layers kept in Python containers.
   root = tf.Module()
-  root.model_variables = list(inference.model.variables)
+  root.model_variables = list(serving_model.model.variables)
   tf.saved_model.save(root, output_dir, signatures={
-      DEFAULT_SIGNATURE: inference.serve_image.get_concrete_function(),
-      BATCH_SIGNATURE: inference.serve_batch.get_concrete_function()})
+      DEFAULT_SIGNATURE: serving_model.serve_image.get_concrete_function(),
+      BATCH_SIGNATURE: serving_model.serve_batch.get_concrete_function()})
   write_metadata(output_dir, dataset, options)
   return output_dir
 

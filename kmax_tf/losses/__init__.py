@@ -1,1 +1,2 @@
-"""kMaX-DeepLab training objective: Hungarian matching, PQ-style, mask-ID, instance discrimination and semantic losses."""
+"""kMaX-DeepLab training objective: Hungarian matching, PQ-style, mask-ID, instance
+discrimination and semantic losses."""

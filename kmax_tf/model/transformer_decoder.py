@@ -130,7 +130,8 @@ class KMaXDecoderLayer(composite.BuiltOnFirstCall, keras.layers.Layer):
 
   def call(self, pixels, centers, training=None):
     num_centers = ops.shape(centers)[1]
-    heads_, dk, dv = self.num_heads, self._key_depth // self.num_heads, self.channels // self.num_heads
+    heads_ = self.num_heads
+    dk, dv = self._key_depth // heads_, self.channels // heads_
     memory = self.memory_conv1_bn_act(centers, training=training)
     pixel = self.pixel_conv1_bn_act(self._activation_fn(pixels), training=training)
     qkv = self.memory_qkv_conv_bn(memory, training=training)

@@ -44,8 +44,8 @@ def convert(root: str, output_dir: str, splits=("train", "val"), *, num_shards: 
             full_check: bool = False) -> list[dict]:
   """Converts the splits; returns one summary per split."""
   return panoptic.convert_splits(
-      "cityscapes_panoptic", lambda split, crowd: split_jobs(root, split, crowd), output_dir, splits,
-      num_shards=num_shards, workers=workers, treat_crowd_as_ignore=treat_crowd_as_ignore,
+      "cityscapes_panoptic", lambda split, crowd: split_jobs(root, split, crowd), output_dir,
+      splits, num_shards=num_shards, workers=workers, treat_crowd_as_ignore=treat_crowd_as_ignore,
       full_check=full_check)
 
 
