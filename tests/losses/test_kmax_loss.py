@@ -7,13 +7,14 @@ rectangular solve, per-pixel gathers) that must give the same numbers.
 """
 import numpy as np
 import pytest
-import scipy.optimize
 import scipy.special
 import tensorflow as tf
 from google.protobuf import text_format
 
 from kmax_tf.losses import kmax_loss
 from kmax_tf.protos import config_pb2
+
+import reference_matching  # tests/helpers
 
 # Synthetic dataset: void 0, stuff 1-3, things 4-6.
 THINGS, STUFF, IGNORE, NUM_CLASSES = (4, 5, 6), (1, 2, 3), 0, 7
@@ -112,18 +113,10 @@ def _reference_image(targets, outputs_list, b, top_k_semantic=1.0):
   final = outputs_list[0]
   num_slots = final["transformer_class_logits"].shape[1]
   probs = _softmax(final["pixel_space_mask_logits"][b].reshape(num_pixels, num_slots))
-  masked = probs * non_void[:, None]
-  dice = gt.T @ masked / ((gt.sum(0)[:, None] + masked.sum(0)[None]) / 2 + 1e-5)
-  class_sim = class_one_hot @ _softmax(final["transformer_class_logits"][b])[:, :-1].T
-  cost = -dice * class_sim
-  cost[~valid] = 999.0 if num_slots < num_masks else -999.0
+  dice, class_sim, matched, permutation = reference_matching.match(
+      gt, probs * non_void[:, None], class_one_hot,
+      _softmax(final["transformer_class_logits"][b])[:, :-1], valid)
   size = max(num_masks, num_slots)
-  square = np.full((size, size), -999.0)
-  square[:num_masks, :num_slots] = cost
-  rows, cols = scipy.optimize.linear_sum_assignment(square)
-  permutation = np.zeros((size, size))
-  permutation[rows, cols] = 1
-  matched = permutation[:num_masks, :num_slots] * valid[:, None]
   matched_dice = (dice * matched).max(0)
   matched_class_prob = (class_sim * matched).max(1)
 

@@ -8,6 +8,8 @@ import tensorflow as tf
 from kmax_tf.losses.ground_truth import MaskGroundTruth
 from kmax_tf.losses.matching import match, matched_pixel_log_probs
 
+import reference_matching  # tests/helpers
+
 
 def _random_gt(rng, pixels, masks, classes, valid_count):
   mask_id = rng.integers(-1, valid_count, size=(1, pixels))
@@ -35,20 +37,9 @@ def test_optimum_matches_padded_square_problem(masks, slots, valid_count):
 
   g = gt.pixel_mask_one_hot.numpy()[0]
   probs = scipy.special.softmax(mask_logits[0], -1) * gt.pixel_non_void.numpy()[0][:, None]
-  dice = g.T @ probs / ((g.sum(0)[:, None] + probs.sum(0)[None]) / 2 + 1e-5)
-  class_sim = gt.mask_class_one_hot.numpy()[0] @ scipy.special.softmax(
-      class_logits[0], -1)[:, :-1].T
-  valid = gt.mask_valid.numpy()[0] > 0
-  cost = -dice * class_sim
-  cost[~valid] = 999.0 if slots < masks else -999.0
-  size = max(masks, slots)
-  square = np.full((size, size), -999.0)
-  square[:masks, :slots] = cost
-  rows, cols = scipy.optimize.linear_sum_assignment(square)
-  expected = np.zeros((masks, slots))
-  for r, c in zip(rows, cols):
-    if r < masks and c < slots and valid[r]:
-      expected[r, c] = 1
+  dice, class_sim, expected, _ = reference_matching.match(
+      g, probs, gt.mask_class_one_hot.numpy()[0],
+      scipy.special.softmax(class_logits[0], -1)[:, :-1], gt.mask_valid.numpy()[0] > 0)
   np.testing.assert_array_equal(result.assignment.numpy()[0], expected)
   np.testing.assert_allclose(result.matched_mask_dice[0], (dice * expected).max(0), rtol=1e-5)
   np.testing.assert_allclose(result.matched_class_prob[0], (class_sim * expected).max(1),

@@ -37,14 +37,12 @@ def split_jobs(root: str, split: str, treat_crowd_as_ignore: bool = True):
       divisor=descriptor.panoptic_label_divisor, treat_crowd_as_ignore=treat_crowd_as_ignore)
 
 
-def convert(root: str, output_dir: str, splits=("train", "val"), *, num_shards: int = 1000,
-            workers: int = 2, treat_crowd_as_ignore: bool = True,
-            full_check: bool = False) -> list[dict]:
-  """Converts the splits; returns one summary per split."""
-  return panoptic.convert_splits(
-      "ade20k_panoptic", lambda split, crowd: split_jobs(root, split, crowd), output_dir, splits,
-      num_shards=num_shards, workers=workers, treat_crowd_as_ignore=treat_crowd_as_ignore,
-      full_check=full_check)
+def convert(root: str, output_dir: str, splits=("train", "val"),
+            **options) -> list[dict]:
+  """Converts the splits (`options` as in `panoptic.convert_splits`); returns one summary per
+  split."""
+  return panoptic.convert_splits("ade20k_panoptic", split_jobs, root, output_dir, splits,
+                                 **options)
 
 
 def run(args) -> dict:

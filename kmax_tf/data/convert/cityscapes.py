@@ -39,14 +39,12 @@ def split_jobs(root: str, split: str, treat_crowd_as_ignore: bool = True):
       image_format="png", image_key=_image_key, annotation_key=lambda a: a["image_id"])
 
 
-def convert(root: str, output_dir: str, splits=("train", "val"), *, num_shards: int = 10,
-            workers: int = 2, treat_crowd_as_ignore: bool = True,
-            full_check: bool = False) -> list[dict]:
-  """Converts the splits; returns one summary per split."""
-  return panoptic.convert_splits(
-      "cityscapes_panoptic", lambda split, crowd: split_jobs(root, split, crowd), output_dir,
-      splits, num_shards=num_shards, workers=workers, treat_crowd_as_ignore=treat_crowd_as_ignore,
-      full_check=full_check)
+def convert(root: str, output_dir: str, splits=("train", "val"),
+            **options) -> list[dict]:
+  """Converts the splits (`options` as in `panoptic.convert_splits`); returns one summary per
+  split."""
+  return panoptic.convert_splits("cityscapes_panoptic", split_jobs, root, output_dir, splits,
+                                 **options)
 
 
 def run(args) -> dict:

@@ -215,13 +215,15 @@ def coco_format_jobs(image_paths: Sequence[str], annotations_json: str | None,
   return jobs
 
 
-def convert_splits(dataset_name: str, split_jobs: Callable, output_dir: str,
-                   splits: Sequence[str], *, num_shards: int, workers: int,
-                   treat_crowd_as_ignore: bool, full_check: bool) -> list[dict]:
-  """Writes every split of a panoptic dataset; `split_jobs(split, treat_crowd_as_ignore)` lists
-  its `PanopticJob`s. Returns one summary per split."""
+def convert_splits(dataset_name: str, split_jobs: Callable, root: str, output_dir: str,
+                   splits: Sequence[str] = ("train", "val"), *, num_shards: int = 1000,
+                   workers: int = 2, treat_crowd_as_ignore: bool = True,
+                   full_check: bool = False) -> list[dict]:
+  """Writes every split of a panoptic dataset found under `root`;
+  `split_jobs(root, split, treat_crowd_as_ignore)` lists its `PanopticJob`s. Returns one summary
+  per split."""
   descriptor = datasets.get_dataset(dataset_name)
-  return [write_split(split_jobs(split, treat_crowd_as_ignore), make_record,
+  return [write_split(split_jobs(root, split, treat_crowd_as_ignore), make_record,
                       output_dir=output_dir, split=split, num_shards=num_shards,
                       workers=workers, descriptor=descriptor, full_check=full_check)
           for split in splits]
