@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import os
 
-from kmax_tf import datasets
 from kmax_tf.data.convert import panoptic
 
 _IMAGE_DIRS = {"train": "training", "val": "validation"}
@@ -25,16 +24,13 @@ def category_map() -> dict[int, int]:
 def split_jobs(root: str, split: str, treat_crowd_as_ignore: bool = True):
   if split not in _IMAGE_DIRS:
     raise ValueError(f"unknown ADE20K split {split!r}; use one of {sorted(_IMAGE_DIRS)}")
-  descriptor = datasets.get_dataset("ade20k_panoptic")
   image_dir = os.path.join(root, "images", _IMAGE_DIRS[split])
   images = sorted(glob.glob(os.path.join(image_dir, "*.jpg")))
   if not images:
     raise ValueError(f"no images in {image_dir}")
-  return panoptic.coco_format_jobs(
-      images, os.path.join(root, f"ade20k_panoptic_{split}.json"),
-      os.path.join(root, f"ade20k_panoptic_{split}"), category_map=category_map(),
-      thing_ids=descriptor.thing_class_ids, ignore_label=descriptor.ignore_label,
-      divisor=descriptor.panoptic_label_divisor, treat_crowd_as_ignore=treat_crowd_as_ignore)
+  return panoptic.dataset_jobs(
+      "ade20k_panoptic", images, os.path.join(root, f"ade20k_panoptic_{split}"),
+      category_map=category_map(), treat_crowd_as_ignore=treat_crowd_as_ignore)
 
 
 def convert(root: str, output_dir: str, splits=("train", "val"),

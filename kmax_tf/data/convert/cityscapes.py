@@ -23,20 +23,15 @@ def _image_key(path: str) -> str:
 
 
 def split_jobs(root: str, split: str, treat_crowd_as_ignore: bool = True):
-  descriptor = datasets.get_dataset("cityscapes_panoptic")
   images = sorted(glob.glob(os.path.join(root, "leftImg8bit", split, "*", "*" + _IMAGE_SUFFIX)))
   if not images:
     raise ValueError(f"no *{_IMAGE_SUFFIX} images in {os.path.join(root, 'leftImg8bit', split)}")
-  labelled = split != "test"
-  gt = os.path.join(root, "gtFine")
-  return panoptic.coco_format_jobs(
-      images,
-      os.path.join(gt, f"cityscapes_panoptic_{split}_trainId.json") if labelled else None,
-      os.path.join(gt, f"cityscapes_panoptic_{split}_trainId") if labelled else None,
-      category_map={i: i for i in range(descriptor.num_classes)},
-      thing_ids=descriptor.thing_class_ids, ignore_label=descriptor.ignore_label,
-      divisor=descriptor.panoptic_label_divisor, treat_crowd_as_ignore=treat_crowd_as_ignore,
-      image_format="png", image_key=_image_key, annotation_key=lambda a: a["image_id"])
+  annotations = os.path.join(root, "gtFine", f"cityscapes_panoptic_{split}_trainId")
+  num_classes = datasets.get_dataset("cityscapes_panoptic").num_classes
+  return panoptic.dataset_jobs(
+      "cityscapes_panoptic", images, annotations if split != "test" else None,
+      category_map={i: i for i in range(num_classes)},
+      treat_crowd_as_ignore=treat_crowd_as_ignore, image_format="png", image_key=_image_key, annotation_key=lambda a: a["image_id"])
 
 
 def convert(root: str, output_dir: str, splits=("train", "val"),

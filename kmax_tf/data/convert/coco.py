@@ -26,19 +26,13 @@ def category_map() -> dict[int, int]:
 def split_jobs(coco_root: str, split: str, treat_crowd_as_ignore: bool = True):
   if split not in _IMAGE_DIRS:
     raise ValueError(f"unknown COCO split {split!r}; use one of {sorted(_IMAGE_DIRS)}")
-  descriptor = datasets.get_dataset("coco_panoptic")
   images = sorted(glob.glob(os.path.join(coco_root, _IMAGE_DIRS[split], "*.jpg")))
   if not images:
     raise ValueError(f"no images in {os.path.join(coco_root, _IMAGE_DIRS[split])}")
-  labelled = split != "test"
-  annotations = os.path.join(coco_root, "annotations")
-  return panoptic.coco_format_jobs(
-      images,
-      os.path.join(annotations, f"panoptic_{split}2017.json") if labelled else None,
-      os.path.join(annotations, f"panoptic_{split}2017") if labelled else None,
-      category_map=category_map(), thing_ids=descriptor.thing_class_ids,
-      ignore_label=descriptor.ignore_label, divisor=descriptor.panoptic_label_divisor,
-      treat_crowd_as_ignore=treat_crowd_as_ignore)
+  annotations = os.path.join(coco_root, "annotations", f"panoptic_{split}2017")
+  return panoptic.dataset_jobs(
+      "coco_panoptic", images, annotations if split != "test" else None,
+      category_map=category_map(), treat_crowd_as_ignore=treat_crowd_as_ignore)
 
 
 def convert(coco_root: str, output_dir: str, splits=("train", "val"),

@@ -215,6 +215,22 @@ def coco_format_jobs(image_paths: Sequence[str], annotations_json: str | None,
   return jobs
 
 
+def dataset_jobs(dataset_name: str, image_paths: Sequence[str], annotations: str | None, *,
+                 category_map: Mapping[int, int], treat_crowd_as_ignore: bool,
+                 **options) -> list[PanopticJob]:
+  """`coco_format_jobs` with the thing ids, ignore label and divisor of a registered dataset.
+
+  `annotations` names the COCO panoptic JSON `<annotations>.json` and its PNG folder
+  `<annotations>/`, or is None for an unlabelled split; `options` as in `coco_format_jobs`.
+  """
+  descriptor = datasets.get_dataset(dataset_name)
+  return coco_format_jobs(
+      image_paths, None if annotations is None else f"{annotations}.json", annotations,
+      category_map=category_map, thing_ids=descriptor.thing_class_ids,
+      ignore_label=descriptor.ignore_label, divisor=descriptor.panoptic_label_divisor,
+      treat_crowd_as_ignore=treat_crowd_as_ignore, **options)
+
+
 def convert_splits(dataset_name: str, split_jobs: Callable, root: str, output_dir: str,
                    splits: Sequence[str] = ("train", "val"), *, num_shards: int = 1000,
                    workers: int = 2, treat_crowd_as_ignore: bool = True,
