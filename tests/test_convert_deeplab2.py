@@ -362,7 +362,7 @@ def test_the_oracle_catches_swapped_same_shaped_variables(first, second, tmp_pat
 
   monkeypatch.setattr(convert_deeplab2, "build_mapping", swapped)
   _zero(model.encoder.variables)
-  convert_deeplab2.load_initial_checkpoint(model, str(tmp_path / "ckpt-1"))
+  checkpoints.load_initial_checkpoint(model, str(tmp_path / "ckpt-1"))
   with pytest.raises(AssertionError, match=f"{first}.*{second}|{second}.*{first}"):
     _assert_holds(_model_variables(model, backbone_only=True), values,
                   _EXPECTED["coco_r50_os32_encoder"], "swapped")
@@ -414,7 +414,7 @@ def test_initial_checkpoint_accepts_deeplab2_and_kmax_tf_formats(tmp_path):
   # SaveV2 writes no `checkpoint` index file, so the prefix is given, not the directory.
   assert convert_deeplab2.is_deeplab2_checkpoint(str(tmp_path / "imagenet" / "ckpt-7"))
   _zero(model.encoder.variables)
-  convert_deeplab2.load_initial_checkpoint(model, str(tmp_path / "imagenet" / "ckpt-7"))
+  checkpoints.load_initial_checkpoint(model, str(tmp_path / "imagenet" / "ckpt-7"))
   expected = _EXPECTED["coco_r50_os32_encoder"]
   _assert_holds(_model_variables(model, backbone_only=True), values, expected, "encoder")
 
@@ -423,7 +423,7 @@ def test_initial_checkpoint_accepts_deeplab2_and_kmax_tf_formats(tmp_path):
       str(tmp_path / "kmax" / "ckpt"))
   assert not convert_deeplab2.is_deeplab2_checkpoint(saved)
   _zero(model.encoder.variables)
-  convert_deeplab2.load_initial_checkpoint(model, str(tmp_path / "kmax"))
+  checkpoints.load_initial_checkpoint(model, str(tmp_path / "kmax"))
   _assert_holds(_model_variables(model, backbone_only=True), values, expected, "kmax-tf")
 
 

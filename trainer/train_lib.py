@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from absl import logging
 import keras
 import orbit
 import tensorflow as tf
