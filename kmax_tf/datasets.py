@@ -82,6 +82,10 @@ class DatasetDescriptor:
   def is_thing(self, semantic_id: int) -> bool:
     return semantic_id in set(self.class_has_instances_list)
 
+  def category_id(self, semantic_id: int) -> int:
+    """The id of a semantic class in COCO panoptic files (`eval_category_ids`, else itself)."""
+    return int(self.eval_category_ids[semantic_id] if self.eval_category_ids else semantic_id)
+
 
 def _load_metadata(file_name: str) -> list[dict]:
   with open(_METADATA_DIR / file_name, encoding="utf-8") as f:

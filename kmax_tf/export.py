@@ -37,7 +37,6 @@ from kmax_tf import weight_io
 DEFAULT_SIGNATURE = "serving_default"
 BATCH_SIGNATURE = "serving_batch"
 INPUT_KEY = "input_tensor"
-RAW_OUTPUT_KEYS = inference.RAW_OUTPUT_KEYS  # the signatures' raw model outputs
 # TF Serving ignores `assets.extra`; it is the SavedModel place for caller-side metadata.
 METADATA_FILE = os.path.join("assets.extra", "kmax_tf.json")
 

@@ -46,6 +46,11 @@ def rgb_to_ids(colours: np.ndarray, order: str = "RGB") -> np.ndarray:
   return ids
 
 
+def _void(panoptic: np.ndarray, dataset) -> np.ndarray:
+  """bool `[H, W]`: pixels of the panoptic map whose class is the dataset's ignore label."""
+  return panoptic // dataset.panoptic_label_divisor == dataset.ignore_label
+
+
 def save_panoptic_png(save_dir: str, name: str, panoptic: np.ndarray, dataset) -> dict:
   """Writes `<save_dir>/panoptic/<name>.png` in COCO panoptic format (segment id = panoptic id
   + 1, 0 = void) for an int `[H, W]` panoptic map `semantic * divisor + instance`, and returns
@@ -53,7 +58,7 @@ def save_panoptic_png(save_dir: str, name: str, panoptic: np.ndarray, dataset) -
   d = dataset
   folder = os.path.join(save_dir, "panoptic")
   os.makedirs(folder, exist_ok=True)
-  void = panoptic // d.panoptic_label_divisor == d.ignore_label
+  void = _void(panoptic, d)
   # +1 keeps id 0 free for VOID even where class 0 is real (Cityscapes road, instance 0).
   segment_map = np.where(void, 0, panoptic + 1).astype(np.int64)
   ids, areas = np.unique(segment_map[segment_map > 0], return_counts=True)
@@ -61,8 +66,7 @@ def save_panoptic_png(save_dir: str, name: str, panoptic: np.ndarray, dataset) -
   for segment_id, area in zip(ids, areas):
     semantic = int((segment_id - 1) // d.panoptic_label_divisor)
     rows, cols = np.nonzero(segment_map == segment_id)
-    category = d.eval_category_ids[semantic] if d.eval_category_ids else semantic
-    segments.append({"id": int(segment_id), "category_id": int(category), "iscrowd": 0,
+    segments.append({"id": int(segment_id), "category_id": d.category_id(semantic), "iscrowd": 0,
                      "area": int(area),
                      "bbox": [int(cols.min()), int(rows.min()), int(np.ptp(cols)) + 1,
                               int(np.ptp(rows)) + 1]})
@@ -79,7 +83,7 @@ def write_panoptic_json(save_dir: str, annotations, dataset) -> None:
     if semantic == d.ignore_label:
       continue
     categories.append({
-        "id": int(d.eval_category_ids[semantic] if d.eval_category_ids else semantic),
+        "id": d.category_id(semantic),
         "name": class_name, "isthing": int(d.is_thing(semantic))})
   with open(os.path.join(save_dir, "panoptic.json"), "w", encoding="utf-8") as f:
     json.dump({"annotations": annotations, "categories": categories}, f)
@@ -89,7 +93,7 @@ def panoptic_overlay(image: np.ndarray, panoptic: np.ndarray, dataset) -> np.nda
   """uint8 `[H, W, 3]`: `image` `[H, W, 3]` (0..255) blended half and half with the class
   colours of the panoptic map `panoptic` `[H, W]` (void pixels keep the image)."""
   d = dataset
-  void = panoptic // d.panoptic_label_divisor == d.ignore_label
+  void = _void(panoptic, d)
   semantic = np.clip(panoptic // d.panoptic_label_divisor, 0, len(d.colormap) - 1)
   colours = d.colormap[semantic].astype(np.float32)
   # Shift thing instances' colours apart so neighbouring instances stay distinguishable.
@@ -103,8 +107,7 @@ def labelled_overlay(image: np.ndarray, panoptic: np.ndarray, dataset) -> np.nda
   """`panoptic_overlay` with each segment's class name written at its centroid."""
   canvas = Image.fromarray(panoptic_overlay(image, panoptic, dataset))
   draw = ImageDraw.Draw(canvas)
-  void = panoptic // dataset.panoptic_label_divisor == dataset.ignore_label
-  for segment in np.unique(panoptic[~void]):
+  for segment in np.unique(panoptic[~_void(panoptic, dataset)]):
     rows, cols = np.nonzero(panoptic == segment)
     name = dataset.class_names[segment // dataset.panoptic_label_divisor]
     # Dark text with a light outline stays readable on any class colour.

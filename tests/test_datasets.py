@@ -21,6 +21,20 @@ def test_coco_descriptor():
   assert coco.transformer_decoder_drop_path_keep_prob == 0.8
 
 
+def test_category_ids_in_panoptic_files():
+  coco = datasets.get_dataset("coco_panoptic")
+  # COCO has no category 12: semantic 11 is "fire hydrant" (11), semantic 12 "stop sign" (13).
+  assert (coco.category_id(11), coco.category_id(12), coco.category_id(133)) == (11, 13, 200)
+  # Cityscapes train ids -> label ids: road 7, person 24, bicycle 33.
+  cityscapes = datasets.get_dataset("cityscapes_panoptic")
+  assert [cityscapes.category_id(c) for c in (0, 11, 18)] == [7, 24, 33]
+  # Without official ids a class is its own category.
+  synthetic = datasets.get_dataset("synthetic_panoptic")
+  assert synthetic.eval_category_ids is None
+  assert [synthetic.category_id(c) for c in range(synthetic.num_classes)] == list(
+      range(synthetic.num_classes))
+
+
 def test_cityscapes_descriptor():
   city = datasets.get_dataset("cityscapes_panoptic")
   assert (city.num_classes, city.ignore_label, city.panoptic_label_divisor) == (19, 255, 1000)

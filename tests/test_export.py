@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kmax_tf import cli, config, configs, export, geometry, predict, weight_io
+from kmax_tf import cli, config, configs, export, geometry, inference, predict, weight_io
 from kmax_tf.model import builder
 
 import serving_check  # tests/helpers
@@ -53,11 +53,11 @@ def test_serving_default_equals_keras_model_and_postprocessor(exported, size):
   image = _images(size + (3,), seed=size[1])
   served = exported["loaded"].signatures["serving_default"](input_tensor=tf.constant(image))
   expected = serving_check.reference(exported["model"], exported["options"], image)
-  assert set(served) == set(predict.PREDICTION_KEYS + export.RAW_OUTPUT_KEYS)
+  assert set(served) == set(predict.PREDICTION_KEYS + inference.RAW_OUTPUT_KEYS)
   for key in ("panoptic_pred", "semantic_pred", "instance_pred"):
     assert served[key].dtype == tf.int32 and served[key].shape == (1,) + size
     np.testing.assert_array_equal(served[key], expected[key], err_msg=key)
-  for key in ("semantic_scores", "instance_scores") + export.RAW_OUTPUT_KEYS:
+  for key in ("semantic_scores", "instance_scores") + inference.RAW_OUTPUT_KEYS:
     assert served[key].dtype == tf.float32
     np.testing.assert_allclose(served[key], expected[key], atol=1e-4, err_msg=key)
   # Raw outputs sit at stride 4 of the padded input (65 -> 17, 77 -> 97 -> 25).
@@ -117,7 +117,7 @@ def test_cli_export_without_semantic_logits(exported, tmp_path):
                   [f"--override={k}={v}" for k, v in _OVERRIDES.items()]) == 0
   serve = tf.saved_model.load(output_dir).signatures["serving_default"]
   assert set(serve.structured_outputs) == set(
-      predict.PREDICTION_KEYS + export.RAW_OUTPUT_KEYS) - {"semantic_logits"}
+      predict.PREDICTION_KEYS + inference.RAW_OUTPUT_KEYS) - {"semantic_logits"}
 
 
 def test_batched_signature_equals_per_image_calls(exported):
