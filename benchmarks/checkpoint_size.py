@@ -95,7 +95,8 @@ def main():
         _RECORDS * _SHARDS)
 
     fresh_s = _first_batch_seconds(train_options, None)
-    resume_s = _first_batch_seconds(train_options, [0, args.resume_position, 0, 0])
+    resume_s = _first_batch_seconds(
+        train_options, [0, args.resume_position] + [0] * (reader.POSITION_SIZE - 2))
   print(json.dumps({
       "benchmark": "checkpoint_size", "model": "synthetic/kmax_micro",
       "stream": {"image_size": [480, 640], "label": "raw int32", "records_per_epoch":

@@ -76,7 +76,6 @@ def _export_kmax_tf(config_file, deeplab2_model, output_dir):
   from kmax_tf import config as kmax_config
   from kmax_tf import convert_deeplab2
   from kmax_tf import export
-  from kmax_tf import weight_io
   from kmax_tf.model import builder
 
   options = kmax_config.load_config(
@@ -84,9 +83,7 @@ def _export_kmax_tf(config_file, deeplab2_model, output_dir):
   model = builder.build_model(options)
   saved = tf.train.Checkpoint(**deeplab2_model.checkpoint_items).save(
       os.path.join(output_dir, "deeplab2", "ckpt"))
-  convert_deeplab2.assign_from_deeplab2(model, saved)
-  prefix = tf.train.Checkpoint(model=weight_io.ModelVariables(model)).save(
-      os.path.join(output_dir, "kmax_tf", "ckpt"))
+  prefix = convert_deeplab2.convert(model, saved, os.path.join(output_dir, "kmax_tf"))
   export.export_saved_model(options, prefix, os.path.join(output_dir, "saved_model"))
   loaded = tf.saved_model.load(os.path.join(output_dir, "saved_model"))
   return loaded.signatures[export.DEFAULT_SIGNATURE], model.name

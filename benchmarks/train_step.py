@@ -29,6 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import timing  # pylint: disable=wrong-import-position
 
 from kmax_tf import config, datasets  # pylint: disable=wrong-import-position
+from kmax_tf.data import reader  # pylint: disable=wrong-import-position
 from kmax_tf.losses import kmax_loss  # pylint: disable=wrong-import-position
 from kmax_tf.model import builder  # pylint: disable=wrong-import-position
 from kmax_tf.trainer import optimizer as optimizer_lib  # pylint: disable=wrong-import-position
@@ -69,7 +70,7 @@ def _batch(options):
       "semantic_loss_weight": np.ones((1, _CROP, _CROP), np.float32),
       "thing_id_mask_gt": thing_mask[None],
       "thing_id_class_gt": thing_class[None],
-      "input_position": np.zeros((1, 4), np.int64),
+      "input_position": np.zeros((1, reader.POSITION_SIZE), np.int64),
       "skipped_records": np.zeros((1,), np.int64),
   }
 

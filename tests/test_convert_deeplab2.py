@@ -410,7 +410,8 @@ def test_every_problem_is_listed():
 def test_initial_checkpoint_accepts_deeplab2_and_kmax_tf_formats(tmp_path):
   listing = deeplab2_checkpoints.listing("coco_r50_os32_encoder")
   model = _model(listing["kmax_tf_config"])
-  values = deeplab2_checkpoints.write_checkpoint(listing["variables"], str(tmp_path / "imagenet" / "ckpt-7"), seed=1)
+  values = deeplab2_checkpoints.write_checkpoint(
+      listing["variables"], str(tmp_path / "imagenet" / "ckpt-7"), seed=1)
   # SaveV2 writes no `checkpoint` index file, so the prefix is given, not the directory.
   assert convert_deeplab2.is_deeplab2_checkpoint(str(tmp_path / "imagenet" / "ckpt-7"))
   _zero(model.encoder.variables)
@@ -437,7 +438,8 @@ def test_pretrained_weights_load_into_convnext_backbone(tmp_path):
   # deeplab2's ConvNeXt `pretrained_weights`: a TF checkpoint of the Keras ConvNeXt model.
   listing = deeplab2_checkpoints.listing("coco_convnext_tiny_os32_keras")
   backbone = _convnext_tiny_backbone()
-  values = deeplab2_checkpoints.write_checkpoint(listing["variables"], str(tmp_path / "weights"), seed=2)
+  values = deeplab2_checkpoints.write_checkpoint(listing["variables"], str(tmp_path / "weights"),
+                                                 seed=2)
   _zero(backbone.variables)
   assert convert_deeplab2.load_pretrained_weights(backbone, str(tmp_path / "weights")) == "keras"
   assert len(values) == len(backbone.variables)
@@ -483,8 +485,9 @@ def _model_options(backbone_name, pretrained_weights="", initial_checkpoint=""):
 
 def test_initialize_from_options_follows_deeplab2(tmp_path):
   # ConvNeXt: `pretrained_weights` goes into the backbone (deeplab2 loads it at build time).
-  values = deeplab2_checkpoints.write_checkpoint(deeplab2_checkpoints.listing("coco_convnext_tiny_os32_keras")["variables"],
-                             str(tmp_path / "convnext"), seed=3)
+  values = deeplab2_checkpoints.write_checkpoint(
+      deeplab2_checkpoints.listing("coco_convnext_tiny_os32_keras")["variables"],
+      str(tmp_path / "convnext"), seed=3)
   backbone = _convnext_tiny_backbone()
   _zero(backbone.variables)
   checkpoints.initialize_from_options(
@@ -498,7 +501,8 @@ def test_initialize_from_options_follows_deeplab2(tmp_path):
   # `initial_checkpoint`.
   listing = deeplab2_checkpoints.listing("coco_r50_os32_encoder")
   model = _model(listing["kmax_tf_config"])
-  values = deeplab2_checkpoints.write_checkpoint(listing["variables"], str(tmp_path / "r50" / "ckpt-1"), seed=4)
+  values = deeplab2_checkpoints.write_checkpoint(
+      listing["variables"], str(tmp_path / "r50" / "ckpt-1"), seed=4)
   _zero(model.encoder.variables)
   checkpoints.initialize_from_options(model, _model_options(
       "kmax_resnet50", pretrained_weights=str(tmp_path / "does_not_exist"),
@@ -509,7 +513,8 @@ def test_initialize_from_options_follows_deeplab2(tmp_path):
 
 def test_cli_reports_mismatches_and_exits_nonzero(tmp_path, capsys):
   # deeplab2's full-width ResNet-50 stem does not fit the tiny config's quarter-width backbone.
-  stem = [[key, shape] for key, shape in deeplab2_checkpoints.listing("coco_r50_os32_encoder")["variables"]
+  stem = [[key, shape]
+          for key, shape in deeplab2_checkpoints.listing("coco_r50_os32_encoder")["variables"]
           if key.startswith("encoder/_stem/")]
   deeplab2_checkpoints.write_checkpoint(stem, str(tmp_path / "ckpt-1"))
   code = cli.main(["convert", "deeplab2",

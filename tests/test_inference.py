@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kmax_tf import inference, postprocess
+from kmax_tf import geometry, inference, postprocess
 from kmax_tf.datasets import get_dataset
 from kmax_tf.protos import evaluator_pb2
 
@@ -19,7 +19,7 @@ class FakeKMaX:
   def __call__(self, images, training=False, semantic_logits=True):
     assert not training and not semantic_logits
     shape = tf.shape(images)
-    low = ((shape[1:3] - 1) // 32 + 1) * 8 + 1  # (padded - 1) / 4 + 1
+    low = (geometry.padded_length(shape[1:3]) - 1) // 4 + 1
     mask_logits = 4.0 * tf.random.stateless_normal(
         tf.concat([shape[:1], low, [6]], 0), seed=[1, 2])
     class_logits = 4.0 * tf.random.stateless_normal(tf.stack([shape[0], 6, 7]), seed=[3, 4])

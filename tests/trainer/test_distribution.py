@@ -177,11 +177,13 @@ tf.config.set_logical_device_configuration(
 import keras
 import orbit
 from kmax_tf.protos import trainer_pb2
+from kmax_tf.data import reader
 from kmax_tf.trainer import optimizer as optimizer_lib, runner
 keras.config.set_floatx("float64")
 rng = np.random.default_rng(0)
 batch = {"image": rng.uniform(0, 255, (4, 5, 5, 3)), "target": rng.normal(size=(4, 2)),
-         "input_position": np.zeros((4, 4), np.int64), "skipped_records": np.zeros(4, np.int64)}
+         "input_position": np.zeros((4, reader.POSITION_SIZE), np.int64),
+         "skipped_records": np.zeros(4, np.int64)}
 
 def dataset_fn(input_context=None, **unused):
   data = tf.data.Dataset.from_tensor_slices(batch)

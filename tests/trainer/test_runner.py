@@ -5,6 +5,7 @@ import orbit
 import pytest
 import tensorflow as tf
 
+from kmax_tf.data import reader
 from kmax_tf.protos import trainer_pb2
 from kmax_tf.trainer import optimizer as optimizer_lib
 from kmax_tf.trainer import runner
@@ -20,7 +21,8 @@ def _dataset_fn(input_context=None, **unused):
   rng = np.random.default_rng(0)
   images = rng.uniform(0, 255, (8, 4, 4, 3)).astype(np.float32)
   batch = {"image": images, "target": images.mean(axis=(1, 2))[:, :1] / 255.0,
-           "input_position": np.zeros((8, 4), np.int64), "skipped_records": np.zeros(8, np.int64)}
+           "input_position": np.zeros((8, reader.POSITION_SIZE), np.int64),
+           "skipped_records": np.zeros(8, np.int64)}
   return tf.data.Dataset.from_tensors(batch).repeat()
 
 
