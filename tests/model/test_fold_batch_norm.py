@@ -12,7 +12,7 @@ from tensorflow.python.util import _pywrap_util_port  # pylint: disable=no-name-
 
 from kmax_tf import config, configs
 from kmax_tf.model import builder, fold_batch_norm
-from kmax_tf.model.layers import blocks, conv
+from kmax_tf.model.layers import axial_attention, blocks, conv
 
 _CONFIG = configs.config_path("synthetic/kmax_micro.textproto")
 
@@ -48,6 +48,10 @@ def test_folded_model_agrees(models):
   expected = sum(1 for layer in layers if isinstance(layer, (conv.Conv2DSame, conv.Conv1x1))
                  and layer.batch_norm is not None)
   expected += sum(1 for layer in layers if isinstance(layer, conv.SeparableConv2DSame))
+  # An axial attention layer folds its qkv, similarity and retrieved-output batch norms.
+  axial = [layer for layer in layers if isinstance(layer, axial_attention.AxialAttention)]
+  assert axial and all(isinstance(layer, fold_batch_norm.FoldedAxialAttention) for layer in axial)
+  expected += 3 * len(axial)
   # The batch norm before each ReLU block group's output stays (see _relu_group_outputs).
   kept = _relu_group_outputs(folded)
   assert kept and all(type(layer.batch_norm) is keras.layers.BatchNormalization for layer in kept)
@@ -76,6 +80,37 @@ def _relu_group_outputs(model):
   """The last convolution of every ReLU block group (whose residual sum is the group's output)."""
   return [layer.blocks[-1].conv3_bn for layer in model._flatten_layers()  # pylint: disable=protected-access
           if isinstance(layer, blocks.BlockGroup) and layer.activation == "relu"]
+
+
+def _random_statistics(layer, rng):
+  """Random batch-norm statistics, gammas and betas (zero shifts and unit scales would hide a
+  misplaced one)."""
+  for variable in layer.weights:
+    if "moving_variance" in variable.path or "gamma" in variable.path:
+      variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+    elif "moving_mean" in variable.path or "beta" in variable.path:
+      variable.assign(rng.normal(0.0, 0.5, variable.shape).astype("float32"))
+
+
+@pytest.mark.parametrize("length", [1, 7, 20])
+def test_folded_axial_attention_agrees(length):
+  """The folded layer sums scaled products where the unfolded one normalises concatenated maps:
+  same outputs up to float32 rounding, including the similarity shifts it drops (the softmax
+  over keys removes a constant per head)."""
+  rng = np.random.default_rng(length)
+  layers = [axial_attention.AxialAttention(16, 24, num_heads=4) for _ in range(2)]
+  inputs = tf.constant(rng.normal(size=(3, length, 12)), tf.float32)
+  for layer in layers:
+    layer(inputs, training=False)
+  _random_statistics(layers[0], rng)
+  layers[1].set_weights(layers[0].get_weights())
+  assert fold_batch_norm.fold_batch_norms(layers[1]) == 3
+  assert isinstance(layers[1], fold_batch_norm.FoldedAxialAttention)
+  reference = layers[0](inputs, training=False).numpy()
+  np.testing.assert_allclose(layers[1](inputs, training=False), reference, rtol=0,
+                             atol=2e-6 * np.abs(reference).max())
+  with pytest.raises(ValueError, match="folded attention layer is for inference only"):
+    layers[1](inputs, training=True)
 
 
 def test_folding_twice_changes_nothing(models):
@@ -117,6 +152,14 @@ def test_grappler_fuses_folded_convolutions(models):
       if isinstance(layer, conv.Conv2DSame) and
       isinstance(layer.batch_norm, fold_batch_norm.FoldedBatchNorm) and layer.dilation_rate == 1)
   assert after["_FusedConv2D"] - before["_FusedConv2D"] == folded_convs
+  # Every folded 1x1 projection and axial attention's qkv projection becomes one _FusedMatMul
+  # (MatMul + bias): both multiply the flattened `[B*L, C]` activations.
+  folded_matmuls = sum(
+      1 for layer in folded._flatten_layers()  # pylint: disable=protected-access
+      if isinstance(layer, axial_attention.AxialAttention) or (
+          isinstance(layer, conv.Conv1x1) and
+          isinstance(layer.batch_norm, fold_batch_norm.FoldedBatchNorm)))
+  assert after["_FusedMatMul"] - before["_FusedMatMul"] == folded_matmuls > 0
   # Depthwise convolution + bias fuses only with oneDNN on; the folded batch norms' rsqrt is gone
   # either way.
   assert after["Rsqrt"] < before["Rsqrt"]

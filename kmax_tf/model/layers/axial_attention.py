@@ -26,15 +26,24 @@ def relative_distance_index(length):
 
 
 def flat_matmul(inputs, kernel):
-  """`[B, L, C] x [C, D] -> [B, L, D]` as ONE `[B*L, C] x [C, D]` matmul.
+  """`[B, L, C] x [C, D] -> [B*L, D]` as ONE `[B*L, C] x [C, D]` matmul.
 
   That is the product deeplab2's `tf.einsum("nlc,cd->nld")` runs. `keras.ops.einsum` maps the same
   equation to a batched matmul per sequence, whose float32 rounding differs; the kMaX decoder
   amplifies such differences by ~1e5 under random weights (benchmarks/vs_deeplab2.py), so this
-  keeps converted deeplab2 models bit-identical.
+  keeps converted deeplab2 models bit-identical. The result stays flat so that a bias added to it
+  (a batch norm folded for serving) fuses with the MatMul.
   """
-  outputs = ops.matmul(ops.reshape(inputs, (-1, inputs.shape[-1])), kernel)
-  return ops.reshape(outputs, (-1, ops.shape(inputs)[1], kernel.shape[-1]))
+  return ops.matmul(ops.reshape(inputs, (-1, inputs.shape[-1])), kernel)
+
+
+# The attention's products, [B, heads, L(query), L(key)] similarities and [B, L, heads, d]
+# retrievals; `lmd` are the relative embeddings gathered for each (query, key) pair.
+CONTENT_SIMILARITY = "bhld,bhmd->bhlm"
+QUERY_RPE_SIMILARITY = "bhld,lmd->bhlm"
+KEY_RPE_SIMILARITY = "bhmd,lmd->bhlm"
+CONTENT_RETRIEVAL = "bhlm,bhmd->blhd"
+RPE_RETRIEVAL = "bhlm,lmd->blhd"
 
 
 @keras.saving.register_keras_serializable(package="kmax_tf")
@@ -78,11 +87,37 @@ class AxialAttention(keras.layers.Layer):
     self.value_rpe = self.add_weight(name="value_rpe", shape=(rpe_rows, self._value_depth),
                                      initializer=keras.initializers.TruncatedNormal(stddev=1.0))
     qkv_depth = 2 * self.total_key_depth + self.total_value_depth
-    self.batch_norm_qkv.build(tuple(input_shape[:-1]) + (qkv_depth,))
+    self.batch_norm_qkv.build((None, qkv_depth))  # it normalises the flat product
     self.batch_norm_similarity.build((None, 3 * self.num_heads, None, None))
     self.batch_norm_retrieved_output.build((None, None, 2 * self.total_value_depth))
 
   def call(self, inputs, training=None):
+    length = ops.shape(inputs)[1]
+    heads = self.num_heads
+    query, key, value = self.project_heads(inputs, training=training)
+    query_rpe, key_rpe, value_rpe = self.relative_embeddings(length, inputs.dtype)
+    # [B, (type, head), L(query), L(key)]: content, query-RPE and key-RPE similarities.
+    similarity = ops.concatenate([
+        ops.einsum(CONTENT_SIMILARITY, query, key),
+        ops.einsum(QUERY_RPE_SIMILARITY, query, query_rpe),
+        ops.einsum(KEY_RPE_SIMILARITY, key, key_rpe),
+    ], axis=1)
+    similarity = self.batch_norm_similarity(ops.cast(similarity, "float32"), training=training)
+    similarity = ops.sum(ops.reshape(similarity, (-1, 3, heads, length, length)), axis=1)
+    weights = ops.cast(ops.softmax(similarity, axis=-1), inputs.dtype)
+    # [B, L, 2, heads, dv]: content and positional retrievals; BN channels are (type, head, d).
+    retrieved = ops.stack([
+        ops.einsum(CONTENT_RETRIEVAL, weights, value),
+        ops.einsum(RPE_RETRIEVAL, weights, value_rpe),
+    ], axis=2)
+    retrieved = ops.reshape(retrieved, (-1, length, 2 * self.total_value_depth))
+    retrieved = self.batch_norm_retrieved_output(retrieved, training=training)
+    retrieved = ops.reshape(retrieved, (-1, length, 2, self.total_value_depth))
+    return ops.sum(retrieved, axis=2)
+
+  def project_heads(self, inputs, training=None):
+    """`[B, L, C]` -> query, key `[B, heads, L, dk]` and value `[B, heads, L, dv]` (after
+    `batch_norm_qkv`)."""
     length = ops.shape(inputs)[1]
     heads, dk, dv = self.num_heads, self._key_depth, self._value_depth
     qkv = flat_matmul(inputs, ops.cast(self.qkv_kernel, inputs.dtype))
@@ -96,28 +131,13 @@ class AxialAttention(keras.layers.Layer):
     query = ops.transpose(ops.reshape(query, (-1, length, heads, dk)), (0, 2, 1, 3))
     key = ops.transpose(ops.reshape(key, (-1, length, heads, dk)), (0, 2, 1, 3))
     value = ops.transpose(ops.reshape(value, (-1, length, heads, dv)), (0, 2, 1, 3))
+    return query, key, value
+
+  def relative_embeddings(self, length, dtype):
+    """The query, key and value embeddings of every (query l, key m) pair: `[L, L, d]` each."""
     index = relative_distance_index(length)
-    query_rpe = ops.cast(ops.take(self.query_rpe, index, axis=0), inputs.dtype)  # [L, L, dk]
-    key_rpe = ops.cast(ops.take(self.key_rpe, index, axis=0), inputs.dtype)
-    value_rpe = ops.cast(ops.take(self.value_rpe, index, axis=0), inputs.dtype)
-    # [B, (type, head), L(query), L(key)]: content, query-RPE and key-RPE similarities.
-    similarity = ops.concatenate([
-        ops.einsum("bhld,bhmd->bhlm", query, key),
-        ops.einsum("bhld,lmd->bhlm", query, query_rpe),
-        ops.einsum("bhmd,lmd->bhlm", key, key_rpe),
-    ], axis=1)
-    similarity = self.batch_norm_similarity(ops.cast(similarity, "float32"), training=training)
-    similarity = ops.sum(ops.reshape(similarity, (-1, 3, heads, length, length)), axis=1)
-    weights = ops.cast(ops.softmax(similarity, axis=-1), inputs.dtype)
-    # [B, L, 2, heads, dv]: content and positional retrievals; BN channels are (type, head, d).
-    retrieved = ops.stack([
-        ops.einsum("bhlm,bhmd->blhd", weights, value),
-        ops.einsum("bhlm,lmd->blhd", weights, value_rpe),
-    ], axis=2)
-    retrieved = ops.reshape(retrieved, (-1, length, 2 * self.total_value_depth))
-    retrieved = self.batch_norm_retrieved_output(retrieved, training=training)
-    retrieved = ops.reshape(retrieved, (-1, length, 2, self.total_value_depth))
-    return ops.sum(retrieved, axis=2)
+    return tuple(ops.cast(ops.take(table, index, axis=0), dtype)
+                 for table in (self.query_rpe, self.key_rpe, self.value_rpe))
 
   def get_config(self):
     config = super().get_config()

@@ -151,13 +151,18 @@ class Conv1x1(composite.BuiltOnFirstCall, keras.layers.Layer):
                                     kernel_initializer=kernel_initializer, name="conv")
     self.batch_norm = (self.norm_layer(name="batch_norm", gamma_initializer=bn_gamma_initializer,
                                        dtype=bn_dtype) if use_bn else None)
-    self._activation_fn = activations.get_activation(activation)
+    self._activation_fn = activations.get_activation(activation, after_matmul=True)
 
   def call(self, inputs, training=None):
-    x = self.dense(inputs)
+    # The projection, its batch norm and activation run on `[B*L, Cin]`: a Dense on `[B, L, C]`
+    # is Reshape + MatMul + Reshape in TensorFlow, and a bias (or a batch norm folded into one for
+    # serving) after that Reshape cannot join the MatMul in grappler's fused MatMul + BiasAdd.
+    # The MatMul is the same either way, and so are its float32 results.
+    x = self.dense(ops.reshape(inputs, (-1, inputs.shape[-1])))
     if self.batch_norm is not None:
       x = self.batch_norm(x, training=training)
-    return self._activation_fn(x)
+    x = self._activation_fn(x)
+    return ops.reshape(x, tuple(ops.shape(inputs)[:-1]) + (self.filters,))
 
   def get_config(self):
     config = super().get_config()

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from scipy import special
+import tensorflow as tf
 
 from kmax_tf.model.layers import activations
 
@@ -13,6 +14,18 @@ def test_gelu_is_exact_erf_form():
                              rtol=1e-5, atol=1e-6)
   approx = np.asarray(activations.get_activation("approximated_gelu")(x))
   assert np.abs(approx - expected).max() > 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_exact_gelu_is_tf_gelu_bit_for_bit(dtype):
+  """deeplab2 calls tf.nn.gelu; the four-op form must give its bits, not just its values."""
+  x = tf.cast(tf.constant(np.random.default_rng(0).normal(0.0, 4.0, 20000), tf.float32), dtype)
+  expected = tf.nn.gelu(x, approximate=False)
+  for after_matmul in (False, True):
+    got = activations.get_activation("gelu", after_matmul=after_matmul)(x)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(tf.bitcast(got, tf.int16 if dtype != "float32" else tf.int32),
+                                  tf.bitcast(expected, tf.int16 if dtype != "float32" else tf.int32))
 
 
 def test_identity_and_unknown():
