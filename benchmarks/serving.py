@@ -18,7 +18,10 @@ Each round times one call of each, alternating which goes first, after one warm-
 each; medians over the rounds and their ratio (kmax-tf / deeplab2). `panoptic_pred_agreement`
 is the fraction of pixels where both give the same `panoptic_pred`, `max_abs_logit_diff` the
 largest difference of the mask and class logits (random weights whose batch norms do not
-normalise make large logits: compare with `vs_deeplab2.py`'s noise floor, not with 0).
+normalise make large logits, `max_abs_logit` gives their scale: compare with `vs_deeplab2.py`'s
+noise floor, not with 0). `unoptimized_keras_agreement` and `unoptimized_keras_max_abs_logit_diff`
+compare the export with the converted kmax-tf Keras model itself, unfolded, through the same
+post-processing (`inference.Predictor`): what the export's graph optimizations change.
 `kmax_tf_op_seconds` is one profiled serving call split by op type (conv, matmul/einsum,
 elementwise, resize inside the network; `post_processing` is every op outside it: the
 post-processor, the input checks, padding and cropping), `kmax_tf_top_ops` its largest op types
@@ -30,10 +33,8 @@ installed copy wins over the checkout unless `PYTHONPATH` names the checkout.
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import vs_deeplab2  # benchmarks/vs_deeplab2.py: sets TF_USE_LEGACY_KERAS before TensorFlow loads
 
@@ -41,6 +42,7 @@ import numpy as np  # noqa: E402  pylint: disable=wrong-import-order
 import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-order
 
 import op_profile  # benchmarks/op_profile.py  # noqa: E402
+import timing  # benchmarks/timing.py  # noqa: E402
 
 _DEFAULT_CONFIG = "coco/kmax_deeplab/kmax_meta_r50_os32.textproto"
 _LOGITS = ("pixel_space_mask_logits", "transformer_class_logits")
@@ -70,12 +72,16 @@ def _build_deeplab2(config_file, size, rng, weights_of=None):
 
 
 def _export_kmax_tf(config_file, deeplab2_model, output_dir):
-  """`kmax-tf export` of `deeplab2_model`'s weights (converted to a kmax-tf checkpoint);
-  returns (the loaded `serving_default`, the network's name scope)."""
+  """`kmax-tf export` of `deeplab2_model`'s weights (converted to a kmax-tf checkpoint).
+
+  Returns (the loaded `serving_default`, the network's name scope, the unoptimized Keras
+  model's inference: `inference.Predictor` of the converted, unfolded model, uint8 image in).
+  """
   # pylint: disable=import-outside-toplevel
   from kmax_tf import config as kmax_config
   from kmax_tf import convert_deeplab2
   from kmax_tf import export
+  from kmax_tf import inference
   from kmax_tf.model import builder
 
   options = kmax_config.load_config(
@@ -86,20 +92,10 @@ def _export_kmax_tf(config_file, deeplab2_model, output_dir):
   prefix = convert_deeplab2.convert(model, saved, os.path.join(output_dir, "kmax_tf"))
   export.export_saved_model(options, prefix, os.path.join(output_dir, "saved_model"))
   loaded = tf.saved_model.load(os.path.join(output_dir, "saved_model"))
-  return loaded.signatures[export.DEFAULT_SIGNATURE], model.name
-
-
-def _alternating_medians(first, second, rounds):
-  """Medians of `rounds` timed calls of each, alternating which one runs first."""
-  first(), second()
-  times = ([], [])
-  for index in range(rounds):
-    order = (0, 1) if index % 2 == 0 else (1, 0)
-    for which in order:
-      start = time.perf_counter()
-      (first, second)[which]()
-      times[which].append(time.perf_counter() - start)
-  return statistics.median(times[0]), statistics.median(times[1])
+  predictor = inference.Predictor(model, builder.dataset_of(options), options.evaluator_options,
+                                  semantic_logits=True)
+  unoptimized = tf.function(lambda image: predictor(tf.cast(image, tf.float32)[None]))
+  return loaded.signatures[export.DEFAULT_SIGNATURE], model.name, unoptimized
 
 
 def main(argv=None):
@@ -122,12 +118,12 @@ def main(argv=None):
             "kmax_tf_package": os.path.dirname(kmax_tf.__file__),
             "rounds": args.rounds, "load_average_before": os.getloadavg()[0], "sizes": {}}
   with tempfile.TemporaryDirectory() as tmp:
-    serving = network_scope = first_model = None
+    serving = network_scope = first_model = unoptimized = None
     for size in args.sizes:
       deeplab2_model = _build_deeplab2(config_file, size, rng, first_model)
       if serving is None:  # one export serves every size
         first_model = deeplab2_model
-        serving, network_scope = _export_kmax_tf(config_file, deeplab2_model, tmp)
+        serving, network_scope, unoptimized = _export_kmax_tf(config_file, deeplab2_model, tmp)
       image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
       ours_input = tf.constant(image)
       theirs_input = tf.constant(image[None].astype(np.float32))
@@ -139,8 +135,9 @@ def main(argv=None):
       def run_theirs(x=theirs_input, fn=theirs):
         return _fetch_all(fn(x))
 
-      ours_s, theirs_s = _alternating_medians(run_ours, run_theirs, args.rounds)
+      ours_s, theirs_s = timing.alternating_medians([run_ours, run_theirs], args.rounds)
       ours_out, theirs_out = serving(input_tensor=ours_input), theirs(theirs_input)
+      keras_out = unoptimized(ours_input)
       by_category, by_op = op_profile.profile(run_ours, network_scope)
       result["sizes"][str(size)] = {
           "deeplab2_s": round(theirs_s, 4), "kmax_tf_s": round(ours_s, 4),
@@ -149,6 +146,11 @@ def main(argv=None):
               ours_out["panoptic_pred"].numpy() == theirs_out["panoptic_pred"].numpy())),
           "max_abs_logit_diff": {key: float(np.max(np.abs(ours_out[key] - theirs_out[key])))
                                  for key in _LOGITS},
+          "unoptimized_keras_agreement": float(np.mean(
+              ours_out["panoptic_pred"].numpy() == keras_out["panoptic_pred"].numpy())),
+          "unoptimized_keras_max_abs_logit_diff": {
+              key: float(np.max(np.abs(ours_out[key] - keras_out[key]))) for key in _LOGITS},
+          "max_abs_logit": {key: float(np.max(np.abs(theirs_out[key]))) for key in _LOGITS},
           "kmax_tf_op_seconds": {k: round(v, 4) for k, v in by_category.items()},
           "kmax_tf_top_ops": [[op, round(seconds, 4), count] for op, seconds, count in by_op[:15]]}
   result["load_average_after"] = os.getloadavg()[0]

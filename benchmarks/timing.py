@@ -13,3 +13,18 @@ def median_seconds(fn, repeats: int, warmup: int = 0) -> float:
     fn()
     times.append(time.perf_counter() - start)
   return statistics.median(times)
+
+
+def alternating_medians(fns, rounds: int) -> list[float]:
+  """Medians of `rounds` timed calls of each of `fns`, after one untimed call of each; the order
+  alternates between rounds (forward, then reversed), so each sees the same machine load."""
+  for fn in fns:
+    fn()
+  times = [[] for _ in fns]
+  for index in range(rounds):
+    order = range(len(fns)) if index % 2 == 0 else reversed(range(len(fns)))
+    for which in order:
+      start = time.perf_counter()
+      fns[which]()
+      times[which].append(time.perf_counter() - start)
+  return [statistics.median(seconds) for seconds in times]
