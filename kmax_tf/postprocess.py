@@ -32,6 +32,9 @@ _REMOVED_SLOT_LOGIT = -99999.0
 # From this pixel confidence threshold on a pixel lies in at most two binary masks (p > t), even
 # with float32 rounding of the softmax (1/3 would be exact arithmetic's bound).
 _TWO_MASKS_THRESHOLD = 0.34
+# Rows of the stride-4 mask logits per band of `pixel_statistics` (the model's logits have
+# 8k + 1 rows).
+_BAND_ROWS = 8
 _INTEGER_KEYS = ("panoptic_pred", "semantic_pred", "instance_pred")
 _SCORE_KEYS = ("semantic_scores", "instance_scores")
 
@@ -135,23 +138,25 @@ class PostProcessor:
     class_probs = tf.nn.softmax(class_logits, axis=-1)[..., :-1]
     class_pred = tf.argmax(class_probs, axis=-1, output_type=tf.int32)  # [B, N]
     class_conf = tf.reduce_max(class_probs, axis=-1)  # [B, N]
-    full_logits = geometry.resize_align_corners(mask_logits, output_size)  # [B, H, W, N]
-
-    if self.options.method == "maskwise":
-      maskwise = (self._maskwise_two_per_pixel
-                  if self.options.pixel_confidence_threshold >= _TWO_MASKS_THRESHOLD
-                  else self._maskwise)
-      mask_id, confident, instance_scores, semantic_scores, class_pred_by_id = maskwise(
-          mask_logits, full_logits, class_pred, class_conf)
+    if (self.options.method == "maskwise" and
+        self.options.pixel_confidence_threshold >= _TWO_MASKS_THRESHOLD):
+      (mask_id, confident, instance_scores, semantic_scores, class_pred_by_id,
+       semantic_slot) = self._maskwise_two_per_pixel(mask_logits, output_size, class_pred,
+                                                     class_conf)
     else:
-      mask_id, confident, instance_scores, semantic_scores = self._pixelwise(
-          full_logits, class_pred, class_conf)
-      class_pred_by_id = class_pred
+      full_logits = geometry.resize_align_corners(mask_logits, output_size)  # [B, H, W, N]
+      if self.options.method == "maskwise":
+        mask_id, confident, instance_scores, semantic_scores, class_pred_by_id = self._maskwise(
+            mask_logits, full_logits, class_pred, class_conf)
+      else:
+        mask_id, confident, instance_scores, semantic_scores = self._pixelwise(
+            full_logits, class_pred, class_conf)
+        class_pred_by_id = class_pred
+      # The zero-threshold pixel-wise pass keeps every slot, so its mask id is the plain argmax.
+      semantic_slot = tf.argmax(full_logits, axis=-1, output_type=tf.int32)
     class_index = tf.gather(class_pred_by_id, mask_id, batch_dims=1)  # [B, H, W]
     panoptic = self._merge(mask_id, class_index, confident, mask_logits.shape[-1])
 
-    # The zero-threshold pixel-wise pass keeps every slot, so its mask id is the plain argmax.
-    semantic_slot = tf.argmax(full_logits, axis=-1, output_type=tf.int32)
     semantic_pred = tf.gather(self._class_ids, tf.gather(class_pred, semantic_slot, batch_dims=1))
     return {
         "panoptic_pred": panoptic,
@@ -199,8 +204,9 @@ class PostProcessor:
                                ranked_conf >= opts.stuff_confidence_threshold)  # [B, N]
     return order, ranked_pred, ranked_conf, confident_class, has_detection
 
-  def _maskwise_two_per_pixel(self, mask_logits, full_logits, class_pred, class_conf):
-    """`_maskwise` for a pixel confidence threshold t > 1/3, with the same results.
+  def _maskwise_two_per_pixel(self, mask_logits, output_size, class_pred, class_conf):
+    """`_maskwise` for a pixel confidence threshold t > 1/3, with the same results; also returns
+    the arg-max slot of every pixel (`semantic_slot`).
 
     Probabilities sum to 1, so a pixel lies in at most two binary masks (p > t). The sequential
     keep decisions then need only each mask's area and, per pair of masks, the number of pixels
@@ -209,17 +215,16 @@ class PostProcessor:
     masks with (1, rank, rank^2): the count and the sum and sum of squares of (at most two)
     ranks, which give both ranks exactly (small integers in float32). No `[B, H, W, N]` stack
     is gathered, transposed or scanned N times, and TensorFlow's CPU top-k, slower than the
-    rest together, is not needed.
+    rest together, is not needed; `pixel_statistics` computes the per-pixel part in bands.
     """
     opts = self.options
     num_slots = mask_logits.shape[-1]
     order, ranked_pred, ranked_conf, confident_class, has_detection = self._ranking(
         mask_logits, class_pred, class_conf)
-    probs = tf.nn.softmax(full_logits, axis=-1)
     rank_of_slot = tf.cast(tf.argsort(order, axis=-1, stable=True), tf.float32)  # [B, N]
     powers = tf.stack([tf.ones_like(rank_of_slot), rank_of_slot, tf.square(rank_of_slot)], -1)
-    moments = tf.einsum("bhwn,bnk->bhwk", tf.cast(probs > opts.pixel_confidence_threshold,
-                                                  tf.float32), powers)  # [B, H, W, 3]
+    moments, max_probs, semantic_slot = pixel_statistics(
+        mask_logits, output_size, powers, opts.pixel_confidence_threshold)
     count, total, total_squares = tf.unstack(moments, axis=-1)
     # Two ranks a <= b with a + b = total and a^2 + b^2 = total_squares: b - a = sqrt(2 *
     # total_squares - total^2), exact for these integers; one rank is `total` itself.
@@ -230,7 +235,7 @@ class PostProcessor:
     top_ranks = tf.cast(tf.round(tf.stack([first, second], -1)), tf.int32)  # [B, H, W, 2]
     in_mask = tf.stack([count > 0.5, two], -1)  # [B, H, W, 2]
 
-    batch = tf.shape(full_logits)[0]
+    batch = tf.shape(mask_logits)[0]
     image = tf.range(batch)[:, None, None, None]
     areas = tf.math.unsorted_segment_sum(
         tf.cast(in_mask, tf.float32), image * num_slots + top_ranks,
@@ -258,8 +263,8 @@ class PostProcessor:
     mask_id = tf.where(confident, tf.reduce_min(
         tf.where(pasted, top_ranks, num_slots), axis=-1), 0)
     semantic_scores = tf.where(confident, tf.gather(ranked_conf, mask_id, batch_dims=1), 0.0)
-    instance_scores = tf.where(has_detection[:, None, None], tf.reduce_max(probs, axis=-1), 0.0)
-    return mask_id, confident, instance_scores, semantic_scores, ranked_pred
+    instance_scores = tf.where(has_detection[:, None, None], max_probs, 0.0)
+    return mask_id, confident, instance_scores, semantic_scores, ranked_pred, semantic_slot
 
   def _maskwise(self, mask_logits, full_logits, class_pred, class_conf):
     opts = self.options
@@ -333,6 +338,71 @@ class PostProcessor:
     semantic = thing_semantic + stuff_semantic - 1
     semantic = tf.where(semantic < 0, self.ignore_label, semantic)
     return semantic * self.label_divisor + thing_ids
+
+
+def _upsampled_statistics(mask_logits, size, powers, threshold):
+  """`pixel_statistics` without bands."""
+  full_logits = geometry.resize_align_corners(mask_logits, size)  # [B, H, W, N]
+  probs = tf.nn.softmax(full_logits, axis=-1)
+  moments = tf.einsum("bhwn,bnk->bhwk", tf.cast(probs > threshold, tf.float32), powers)
+  return (moments, tf.reduce_max(probs, axis=-1),
+          tf.argmax(full_logits, axis=-1, output_type=tf.int32))
+
+
+def pixel_statistics(mask_logits, output_size, powers, threshold):
+  """Per pixel of the mask logits upsampled to `output_size` (bilinear, aligned corners):
+  `(probs > threshold) @ powers` `[B, H, W, K]`, the largest slot probability `[B, H, W]` and
+  the arg-max slot `[B, H, W]` int32, with probs the softmax over the N slots.
+
+  Args: mask_logits `[B, h, w, N]`, output_size (H, W) ints or int32 `[2]`, powers `[B, N, K]`.
+
+  When H - 1 = 4 (h - 1) (the model's stride 4 against its padded input, so always in
+  `inference.Predictor`) the rows are computed in bands: 8 logit rows become 32 output rows
+  at a time, whose `[B, 32, W, N]` upsampled logits and probabilities stay in the CPU caches
+  instead of five passes over `[B, H, W, N]` in memory (840 MB at 1281²): 2.4x faster at 641²
+  with TensorFlow's Eigen kernels (0.35 s -> 0.14 s), 1.1x with oneDNN. Bit-identical: a band's
+  upsampling scale is the same power of two, so every output row is interpolated from the same
+  two logit rows with the same weight. Other sizes (and a single row) take the whole map at once.
+  """
+  height, low_height = output_size[0], tf.shape(mask_logits)[1]
+  if isinstance(height, int) and mask_logits.shape[1] is not None:
+    low_height = mask_logits.shape[1]
+    if height - 1 != 4 * (low_height - 1) or (low_height - 1) % _BAND_ROWS or low_height == 1:
+      return _upsampled_statistics(mask_logits, output_size, powers, threshold)
+    return _banded_statistics(mask_logits, output_size, powers, threshold)
+  bands_fit = (tf.equal(height - 1, 4 * (low_height - 1)) &
+               tf.equal((low_height - 1) % _BAND_ROWS, 0) & (low_height > 1))
+  return tf.cond(bands_fit,
+                 lambda: _banded_statistics(mask_logits, output_size, powers, threshold),
+                 lambda: _upsampled_statistics(mask_logits, output_size, powers, threshold))
+
+
+def _banded_statistics(mask_logits, output_size, powers, threshold):
+  """`pixel_statistics` in bands of `_BAND_ROWS` logit rows (H - 1 = 4 (h - 1), h - 1 a
+  positive multiple of `_BAND_ROWS`)."""
+  width = output_size[1]
+  num_bands = (tf.shape(mask_logits)[1] - 1) // _BAND_ROWS
+  band_height = 4 * _BAND_ROWS
+
+  def band(index):
+    # The band's rows plus the next one, upsampled to band_height + 1 rows; the last output
+    # row is the next band's first.
+    rows = mask_logits[:, index * _BAND_ROWS:(index + 1) * _BAND_ROWS + 1]
+    return tuple(value[:, :band_height] for value in _upsampled_statistics(
+        rows, (band_height + 1, width), powers, threshold))
+
+  stacked = tf.map_fn(band, tf.range(num_bands), parallel_iterations=2,
+                      fn_output_signature=(tf.float32, tf.float32, tf.int32))
+  # The last output row is the last logit row itself (interpolation weight 0).
+  last = _upsampled_statistics(mask_logits[:, -1:], (1, width), powers, threshold)
+  outputs = []
+  for bands, last_row in zip(stacked, last):
+    # [bands, B, band_height, W, ...] -> [B, bands * band_height, W, ...], then the last row.
+    rank = len(bands.shape)
+    bands = tf.transpose(bands, [1, 0] + list(range(2, rank)))
+    shape = tf.concat([[tf.shape(bands)[0], num_bands * band_height], tf.shape(bands)[3:]], 0)
+    outputs.append(tf.concat([tf.reshape(bands, shape), last_row], axis=1))
+  return tuple(outputs)
 
 
 def _area_at_least(index_map: tf.Tensor, num_values: int, limit: int) -> tf.Tensor:

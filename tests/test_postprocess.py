@@ -273,7 +273,8 @@ def test_two_masks_per_pixel_path_equals_the_general_merge(threshold):
   args = (mask_logits, full_logits, tf.argmax(class_probs, -1, output_type=tf.int32),
           tf.reduce_max(class_probs, -1))
   general = processor._maskwise(*args)  # pylint: disable=protected-access
-  fast = processor._maskwise_two_per_pixel(*args)  # pylint: disable=protected-access
+  fast = processor._maskwise_two_per_pixel(mask_logits, (33, 33), *args[2:])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(fast[-1], tf.argmax(full_logits, -1, output_type=tf.int32))
   for name, ours, reference in zip(
       ("mask_id", "confident", "instance_scores", "semantic_scores", "ranked_pred"),
       fast, general):
@@ -283,3 +284,27 @@ def test_two_masks_per_pixel_path_equals_the_general_merge(threshold):
   assert np.all(processor._ranking(*args[:1], *args[2:])[3])  # pylint: disable=protected-access
   mask_id, confident = general[0].numpy(), general[1].numpy()
   assert min(len(np.unique(mask_id[b][confident[b]])) for b in range(2)) < 4
+
+
+@pytest.mark.parametrize("low_size", [(1, 5), (9, 3), (17, 9), (41, 6), (10, 7), (13, 13)])
+def test_banded_pixel_statistics_equal_the_whole_map(low_size):
+  """Bands of 8 logit rows (H - 1 = 4 (h - 1), h - 1 a multiple of 8) give the bits of the
+  whole upsampled map; other sizes (10 and 13 rows) take the whole map. Static and dynamic
+  shapes, batch 2."""
+  rng = np.random.default_rng(low_size[0])
+  low_h, low_w = low_size
+  mask_logits = tf.constant(rng.normal(0.0, 3.0, (2, low_h, low_w, 6)).astype(np.float32))
+  powers = tf.constant(rng.normal(size=(2, 6, 3)).astype(np.float32))
+  size = (4 * (low_h - 1) + 1, 4 * (low_w - 1) + 1)
+  full_logits = geometry.resize_align_corners(mask_logits, size)
+  probs = tf.nn.softmax(full_logits)
+  expected = (tf.einsum("bhwn,bnk->bhwk", tf.cast(probs > 0.4, tf.float32), powers),
+              tf.reduce_max(probs, -1), tf.argmax(full_logits, -1, output_type=tf.int32))
+  dynamic = tf.function(
+      lambda logits, size: postprocess.pixel_statistics(logits, size, powers, 0.4),
+      input_signature=[tf.TensorSpec([None, None, None, 6]), tf.TensorSpec([2], tf.int32)])
+  for got in (postprocess.pixel_statistics(mask_logits, size, powers, 0.4),
+              dynamic(mask_logits, tf.constant(size))):
+    for name, ours, reference in zip(("moments", "max_probs", "argmax"), got, expected):
+      assert ours.shape == reference.shape, name
+      np.testing.assert_array_equal(ours, reference, err_msg=name)

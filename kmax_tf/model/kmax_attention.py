@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+import tensorflow as tf
 
 from kmax_tf.model.layers import composite
 from kmax_tf.model.layers import conv
@@ -24,7 +25,11 @@ def kmeans_assignment(mask_logits):
   predictions that produced the logits (deep supervision), as in deeplab2.
   """
   num_clusters = mask_logits.shape[-1]
-  assignment = ops.one_hot(ops.argmax(mask_logits, axis=-1), num_clusters, dtype="float32")
+  # TensorFlow's argmax, as deeplab2 takes it. keras.ops.argmax first rewrites -0.0 (so that it
+  # loses to +0.0): four element-wise passes over the logits at every kMaX layer, and a bitcast
+  # that TFLite's builtin ops cannot run; ties at zero are the only difference.
+  assignment = ops.one_hot(tf.argmax(mask_logits, axis=-1, output_type=tf.int32), num_clusters,
+                           dtype="float32")
   return ops.stop_gradient(ops.reshape(assignment, (ops.shape(mask_logits)[0], -1, num_clusters)))
 
 
