@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from kmax_tf.model import builder
 from kmax_tf.model import fold_batch_norm
+from kmax_tf.model.layers import activations
 from kmax_tf import inference
 from kmax_tf import weight_io
 
@@ -41,6 +42,12 @@ INPUT_KEY = "input_tensor"
 METADATA_FILE = os.path.join("assets.extra", "kmax_tf.json")
 
 
+TFLITE_FILE = "model.tflite"
+# The network's outputs a TFLite export returns (post-processing stays with the caller).
+TFLITE_OUTPUT_KEYS = ("pixel_space_mask_logits", "pixel_space_normalized_feature",
+                      "transformer_class_logits")
+
+
 def inference_options(options):
   """A copy of `ExperimentOptions` for inference: backbone drop path off (as deeplab2 exports)."""
   options = type(options).FromString(options.SerializeToString())
@@ -48,12 +55,17 @@ def inference_options(options):
   return options
 
 
-def build_inference_model(options, checkpoint: str):
+def build_inference_model(options, checkpoint: str, tflite: bool = False):
   """Builds the model of `options` for inference, loads a kmax-tf training checkpoint (a prefix
   or a directory holding checkpoints) and folds its batch norms into the convolutions
-  (`fold_batch_norm`: the model is for inference only)."""
+  (`fold_batch_norm`: the model is for inference only). `tflite`: with the GELU form TFLite's
+  converter knows (`activations.tf_gelu_everywhere`)."""
   path = weight_io.resolve_checkpoint(checkpoint)  # A wrong path fails before the model is built.
-  model = builder.build_model(inference_options(options))
+  if tflite:
+    with activations.tf_gelu_everywhere():
+      model = builder.build_model(inference_options(options))
+  else:
+    model = builder.build_model(inference_options(options))
   weight_io.restore_model_variables(model, path)
   fold_batch_norm.fold_batch_norms(model)
   return model
@@ -144,6 +156,45 @@ def export_saved_model(options, checkpoint: str, output_dir: str,
   """
   return save_model(build_inference_model(options, checkpoint), options, output_dir,
                     semantic_logits)
+
+
+def export_tflite(options, checkpoint: str, output_dir: str, size=None) -> str:
+  """Writes `output_dir/model.tflite`: the network of `options` with the weights of
+  `checkpoint` for one input size, TFLite builtin ops only (XNNPACK runs it on CPUs).
+
+  Input `input_tensor` float32 `[1, H, W, 3]`, RGB in 0..255, with H and W of the form 32k + 1
+  (`size`, default the eval crop size; pad other images, as the SavedModel does); outputs
+  `TFLITE_OUTPUT_KEYS` (`transformer_class_logits` `[1, N, C]`, the others at stride 4). No
+  post-processing: `postprocess.PostProcessor` turns the outputs into panoptic maps.
+  Returns the file's path.
+  """
+  height, width = size or tuple(options.eval_dataset_options.crop_size)
+  for length in (height, width):
+    if length < 1 or (length - 1) % 32:
+      raise ValueError(f"TFLite input size {height}x{width}: each side must be 32k + 1 "
+                       f"(e.g. 513, 641, 1025); pad images to it")
+  model = build_inference_model(options, checkpoint, tflite=True)
+  network = tf.function(lambda images: {
+      key: value for key, value in model(images, training=False, semantic_logits=False).items()
+      if key in TFLITE_OUTPUT_KEYS})
+  concrete = network.get_concrete_function(
+      tf.TensorSpec([1, height, width, 3], tf.float32, name=INPUT_KEY))
+  # The converter freezes the variables it finds on the function's owner into constants (others
+  # stay TFLite resource variables, uninitialised) and, for a module owner, writes a
+  # `serving_default` signature with the input and output names. It needs the TensorFlow
+  # variables themselves, not the Keras 3 objects wrapping them.
+  owner = tf.Module()
+  owner.model_variables = [variable.value for variable in model.variables]
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], owner)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  flatbuffer = converter.convert()
+  os.makedirs(output_dir, exist_ok=True)
+  path = os.path.join(output_dir, TFLITE_FILE)
+  # Written beside and renamed: an interrupted export leaves no truncated model.tflite.
+  with open(path + ".tmp", "wb") as f:
+    f.write(flatbuffer)
+  os.replace(path + ".tmp", path)
+  return path
 
 
 def save_model(model, options, output_dir: str, semantic_logits: bool = True) -> str:

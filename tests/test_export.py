@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kmax_tf import cli, config, configs, export, geometry, inference, predict, weight_io
+from kmax_tf import cli, config, configs, export, geometry, inference, predict
 from kmax_tf.model import builder
 
+import export_checkpoint  # tests/helpers
 import serving_check  # tests/helpers
 
 _CONFIG = configs.config_path("synthetic/kmax_micro.textproto")
@@ -29,13 +30,7 @@ def exported(tmp_path_factory):
   root = tmp_path_factory.mktemp("export")
   options = config.load_config(_CONFIG, _OVERRIDES)
   model = builder.build_model(options)
-  # Non-trivial batch-norm statistics, so a weight the export failed to load would show.
-  rng = np.random.default_rng(0)
-  for variable in model.variables:
-    if "moving_mean" in variable.path:
-      variable.assign(rng.normal(0, 0.1, variable.shape).astype("float32"))
-  prefix = tf.train.Checkpoint(model=weight_io.ModelVariables(model)).save(
-      str(root / "ckpt" / "ckpt"))
+  prefix = export_checkpoint.save_with_random_statistics(model, str(root / "ckpt" / "ckpt"))
   output_dir = str(root / "saved_model")
   assert cli.main(["export", "--config_file", str(_CONFIG), "--checkpoint", prefix,
                    "--output_dir", output_dir] +

@@ -28,6 +28,21 @@ def test_exact_gelu_is_tf_gelu_bit_for_bit(dtype):
                                   tf.bitcast(expected, tf.int16 if dtype != "float32" else tf.int32))
 
 
+def _op_types(activation):
+  graph = tf.function(activation).get_concrete_function(tf.TensorSpec([4])).graph
+  return {op.type for op in graph.get_operations()}
+
+
+def test_tflite_builds_get_tf_gelu_op_sequence():
+  """TFLite's converter fuses tf.nn.gelu's sequence (Neg ... Erfc) into its GELU builtin; the
+  four-op form has no Neg and converts to nothing TFLite runs."""
+  assert "Neg" not in _op_types(activations.get_activation("gelu"))
+  with activations.tf_gelu_everywhere():
+    assert "Neg" in _op_types(activations.get_activation("gelu"))
+  assert "Neg" not in _op_types(activations.get_activation("gelu"))
+  assert "Neg" in _op_types(activations.get_activation("gelu", after_matmul=True))
+
+
 def test_identity_and_unknown():
   x = np.array([-1.0, 2.0], np.float32)
   np.testing.assert_array_equal(activations.get_activation("none")(x), x)
