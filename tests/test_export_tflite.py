@@ -19,10 +19,11 @@ _OVERRIDES = {"DATA_DIR": "/unused", "EXPERIMENT_NAME": "tflite_test"}
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "kmax-tf")
 
 
-def _run(args):
-  """The installed console script, as a user runs it."""
+def _run(args, onednn="1"):
+  """The installed console script, as a user runs it, with oneDNN's kernels on or off."""
   return subprocess.run([_SCRIPT if os.path.exists(_SCRIPT) else "kmax-tf", *args],
-                        capture_output=True, text=True, check=False, timeout=600)
+                        capture_output=True, text=True, check=False, timeout=600,
+                        env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn})
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +40,11 @@ def _export_args(prefix, output_dir, *extra):
           [f"--override={k}={v}" for k, v in _OVERRIDES.items()])
 
 
-def test_tflite_network_equals_the_keras_model(checkpoint, tmp_path):
+@pytest.mark.parametrize("onednn", ["1", "0"])
+def test_tflite_network_equals_the_keras_model(checkpoint, tmp_path, onednn):
+  """The export (converted under either CPU kernel family) against the Keras model."""
   model, prefix = checkpoint
-  result = _run(_export_args(prefix, tmp_path / "out", "--tflite_size", "65", "97"))
+  result = _run(_export_args(prefix, tmp_path / "out", "--tflite_size", "65", "97"), onednn)
   assert result.returncode == 0, result.stderr
   path = json.loads(result.stdout.strip().split("\n")[-1])["tflite"]
   assert path == str(tmp_path / "out" / export.TFLITE_FILE)
