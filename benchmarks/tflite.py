@@ -57,9 +57,7 @@ def main(argv=None):
     size_mb = os.path.getsize(path) / 2**20
     runner = tf.lite.Interpreter(model_path=path, num_threads=os.cpu_count()).get_signature_runner()
     folded = export.build_inference_model(options, prefix)
-  network = tf.function(lambda x: {
-      key: value for key, value in folded(x, training=False, semantic_logits=False).items()
-      if key in export.TFLITE_OUTPUT_KEYS})
+  network = export.tflite_network(folded)
   tensor = tf.constant(image)
 
   def run_tflite():

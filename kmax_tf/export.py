@@ -24,6 +24,7 @@ kmax_tf. `assets.extra/kmax_tf.json` records the dataset and thresholds for `kma
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -32,6 +33,7 @@ import tensorflow as tf
 from kmax_tf.model import builder
 from kmax_tf.model import fold_batch_norm
 from kmax_tf.model.layers import activations
+from kmax_tf import geometry
 from kmax_tf import inference
 from kmax_tf import weight_io
 
@@ -61,10 +63,7 @@ def build_inference_model(options, checkpoint: str, tflite: bool = False):
   (`fold_batch_norm`: the model is for inference only). `tflite`: with the GELU form TFLite's
   converter knows (`activations.tf_gelu_everywhere`)."""
   path = weight_io.resolve_checkpoint(checkpoint)  # A wrong path fails before the model is built.
-  if tflite:
-    with activations.tf_gelu_everywhere():
-      model = builder.build_model(inference_options(options))
-  else:
+  with activations.tf_gelu_everywhere() if tflite else contextlib.nullcontext():
     model = builder.build_model(inference_options(options))
   weight_io.restore_model_variables(model, path)
   fold_batch_norm.fold_batch_norms(model)
@@ -158,6 +157,14 @@ def export_saved_model(options, checkpoint: str, output_dir: str,
                     semantic_logits)
 
 
+def tflite_network(model):
+  """The function a TFLite export converts: float32 images `[B, H, W, 3]` -> the
+  `TFLITE_OUTPUT_KEYS` outputs of `model` (no semantic branch, no post-processing)."""
+  return tf.function(lambda images: {
+      key: value for key, value in model(images, training=False, semantic_logits=False).items()
+      if key in TFLITE_OUTPUT_KEYS})
+
+
 def export_tflite(options, checkpoint: str, output_dir: str, size=None) -> str:
   """Writes `output_dir/model.tflite`: the network of `options` with the weights of
   `checkpoint` for one input size, TFLite builtin ops only (XNNPACK runs it on CPUs).
@@ -170,14 +177,11 @@ def export_tflite(options, checkpoint: str, output_dir: str, size=None) -> str:
   """
   height, width = size or tuple(options.eval_dataset_options.crop_size)
   for length in (height, width):
-    if length < 1 or (length - 1) % 32:
+    if length < 1 or geometry.padded_length(length) != length:
       raise ValueError(f"TFLite input size {height}x{width}: each side must be 32k + 1 "
                        f"(e.g. 513, 641, 1025); pad images to it")
   model = build_inference_model(options, checkpoint, tflite=True)
-  network = tf.function(lambda images: {
-      key: value for key, value in model(images, training=False, semantic_logits=False).items()
-      if key in TFLITE_OUTPUT_KEYS})
-  concrete = network.get_concrete_function(
+  concrete = tflite_network(model).get_concrete_function(
       tf.TensorSpec([1, height, width, 3], tf.float32, name=INPUT_KEY))
   # The converter freezes the variables it finds on the function's owner into constants (others
   # stay TFLite resource variables, uninitialised) and, for a module owner, writes a

@@ -21,6 +21,7 @@ stuff_class_ids` then one void logit, which is dropped before the argmax.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Mapping, Sequence
 
 import tensorflow as tf
@@ -364,17 +365,16 @@ def pixel_statistics(mask_logits, output_size, powers, threshold):
   upsampling scale is the same power of two, so every output row is interpolated from the same
   two logit rows with the same weight. Other sizes (and a single row) take the whole map at once.
   """
-  height, low_height = output_size[0], tf.shape(mask_logits)[1]
-  if isinstance(height, int) and mask_logits.shape[1] is not None:
-    low_height = mask_logits.shape[1]
-    if height - 1 != 4 * (low_height - 1) or (low_height - 1) % _BAND_ROWS or low_height == 1:
-      return _upsampled_statistics(mask_logits, output_size, powers, threshold)
-    return _banded_statistics(mask_logits, output_size, powers, threshold)
-  bands_fit = (tf.equal(height - 1, 4 * (low_height - 1)) &
-               tf.equal((low_height - 1) % _BAND_ROWS, 0) & (low_height > 1))
-  return tf.cond(bands_fit,
-                 lambda: _banded_statistics(mask_logits, output_size, powers, threshold),
-                 lambda: _upsampled_statistics(mask_logits, output_size, powers, threshold))
+  height, low_height = output_size[0], mask_logits.shape[1] or tf.shape(mask_logits)[1]
+  # Python bools for static sizes, a boolean tensor (and a `tf.cond`) for dynamic ones.
+  bands_fit = ((height - 1 == 4 * (low_height - 1)) & ((low_height - 1) % _BAND_ROWS == 0) &
+               (low_height > 1))
+  arguments = (mask_logits, output_size, powers, threshold)
+  banded = functools.partial(_banded_statistics, *arguments)
+  whole = functools.partial(_upsampled_statistics, *arguments)
+  if isinstance(bands_fit, bool):
+    return banded() if bands_fit else whole()
+  return tf.cond(bands_fit, banded, whole)
 
 
 def _banded_statistics(mask_logits, output_size, powers, threshold):
