@@ -27,17 +27,10 @@ def models():
     model = builder.build_model(options)
     model(images, training=False)
     pair.append(model)
-  rng = np.random.default_rng(1)
+  _random_statistics(pair[0].variables, np.random.default_rng(1), shift_std=0.1)
   for variable, twin in zip(pair[0].variables, pair[1].variables):
     assert variable.shape == twin.shape
-    if "moving_variance" in variable.path or "gamma" in variable.path:
-      value = rng.uniform(0.5, 1.5, variable.shape)
-    elif "moving_mean" in variable.path or "beta" in variable.path:
-      value = rng.normal(0.0, 0.1, variable.shape)
-    else:
-      value = variable.numpy()
-    variable.assign(value.astype("float32"))
-    twin.assign(value.astype("float32"))
+    twin.assign(variable)
   folded = fold_batch_norm.fold_batch_norms(pair[1])
   return pair[0], pair[1], folded, images
 
@@ -82,14 +75,14 @@ def _relu_group_outputs(model):
           if isinstance(layer, blocks.BlockGroup) and layer.activation == "relu"]
 
 
-def _random_statistics(layer, rng):
+def _random_statistics(variables, rng, shift_std):
   """Random batch-norm statistics, gammas and betas (zero shifts and unit scales would hide a
-  misplaced one)."""
-  for variable in layer.weights:
+  misplaced one): scales uniform in [0.5, 1.5], means and betas normal with `shift_std`."""
+  for variable in variables:
     if "moving_variance" in variable.path or "gamma" in variable.path:
       variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
     elif "moving_mean" in variable.path or "beta" in variable.path:
-      variable.assign(rng.normal(0.0, 0.5, variable.shape).astype("float32"))
+      variable.assign(rng.normal(0.0, shift_std, variable.shape).astype("float32"))
 
 
 @pytest.mark.parametrize("length", [1, 7, 20])
@@ -102,7 +95,7 @@ def test_folded_axial_attention_agrees(length):
   inputs = tf.constant(rng.normal(size=(3, length, 12)), tf.float32)
   for layer in layers:
     layer(inputs, training=False)
-  _random_statistics(layers[0], rng)
+  _random_statistics(layers[0].weights, rng, shift_std=0.5)
   layers[1].set_weights(layers[0].get_weights())
   assert fold_batch_norm.fold_batch_norms(layers[1]) == 3
   assert isinstance(layers[1], fold_batch_norm.FoldedAxialAttention)
